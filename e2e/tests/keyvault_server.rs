@@ -1,0 +1,260 @@
+//! The Key Vault API test server, exercised over real HTTPS with certificate verification on.
+
+use std::collections::BTreeMap;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use vaultsync_e2e::keyvault::{KeyVaultError, KeyVaultServer, Op};
+use vaultsync_e2e::tls::TestCa;
+
+/// The Key Vault error a client call failed with.
+fn vault_error<T: std::fmt::Debug>(result: anyhow::Result<T>) -> KeyVaultError {
+    let error = result.expect_err("the call should have failed");
+    error.downcast_ref::<KeyVaultError>().cloned().unwrap_or_else(|| panic!("not a Key Vault answer: {error:#}"))
+}
+
+fn is_version_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[tokio::test]
+async fn two_versions_read_back_by_version_and_latest() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let client = server.client()?;
+    let first = client.set("db-password", "one").await?;
+    let second = client.set("db-password", "two").await?;
+
+    let first_version = first.id.rsplit('/').next().unwrap_or_default();
+    let second_version = second.id.rsplit('/').next().unwrap_or_default();
+    assert!(is_version_id(first_version) && is_version_id(second_version), "{first:?} {second:?}");
+    assert_ne!(first_version, second_version);
+    assert_eq!(first.id, format!("{}/secrets/db-password/{first_version}", server.url()));
+
+    assert_eq!(client.get("db-password", Some(first_version)).await?.value.as_deref(), Some("one"));
+    assert_eq!(client.get("db-password", Some(second_version)).await?.value.as_deref(), Some("two"));
+    let latest = client.get("db-password", None).await?;
+    assert_eq!((latest.value.as_deref(), latest.id.as_str()), (Some("two"), second.id.as_str()));
+    assert!(latest.attributes.enabled);
+    assert_eq!(latest.attributes.recovery_level, "Recoverable+Purgeable");
+    assert_eq!(latest.attributes.recoverable_days, 90);
+
+    assert_eq!((server.calls(Op::SetSecret), server.calls(Op::GetSecret)), (2, 3));
+    assert_eq!(server.total_calls(), 5);
+    server.reset_counts();
+    assert_eq!(server.total_calls(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_token_gets_bearer_challenge_and_is_not_counted() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("a", "v");
+    let response = server.client()?.with_token(None).request(Method::GET, "/secrets/a").send().await?;
+
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge = response.headers()["www-authenticate"].to_str()?.to_string();
+    assert_eq!(
+        challenge,
+        "Bearer authorization=\"https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000\", resource=\"https://vault.azure.net\""
+    );
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"]["code"], "Unauthorized");
+    assert_eq!(server.total_calls(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_or_unknown_api_version_is_bad_parameter() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("a", "v");
+    let http = TestCa::shared().client()?;
+    let get = |query: &str| http.get(format!("{}/secrets/a{query}", server.url())).bearer_auth("t").send();
+
+    for query in ["", "?api-version=2016-10-01", "?api-version=7.1"] {
+        let response = get(query).await?;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "query {query:?}");
+        let body: Value = response.json().await?;
+        assert_eq!(body["error"]["code"], "BadParameter", "query {query:?}");
+    }
+    for version in ["7.2", "7.3", "7.4", "7.5", "7.6"] {
+        let response = get(&format!("?api-version={version}")).await?;
+        assert_eq!(response.status(), StatusCode::OK, "api-version {version}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn versions_listing_pages_by_25_and_follows_next_link() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let seeded: Vec<String> = (0..30).map(|i| server.set_secret("rotated", &format!("value-{i}"))).collect();
+    let client = server.client()?;
+
+    let first_page: Value = client.request(Method::GET, "/secrets/rotated/versions").send().await?.json().await?;
+    assert_eq!(first_page["value"].as_array().map(Vec::len), Some(25));
+    let next_link = first_page["nextLink"].as_str().unwrap_or_default();
+    assert!(next_link.starts_with(&format!("{}/", server.url())), "{next_link}");
+    assert!(next_link.contains("api-version=") && next_link.contains("$skiptoken="), "{next_link}");
+
+    server.reset_counts();
+    let items = client.versions("rotated").await?;
+    assert_eq!(server.calls(Op::ListVersions), 2, "two pages");
+    let mut listed: Vec<String> =
+        items.iter().map(|i| i.id.rsplit('/').next().unwrap_or_default().to_string()).collect();
+    let mut expected = seeded.clone();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(items.iter().all(|i| i.id.starts_with(&format!("{}/secrets/rotated/", server.url()))));
+
+    let missing = vault_error(client.versions("never-set").await);
+    assert_eq!((missing.status, missing.code.as_str()), (404, "SecretNotFound"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn secrets_listing_has_one_item_per_name_without_values() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let tags = BTreeMap::from([("team".to_string(), "payments".to_string())]);
+    server.set_secret_with("beta", "b", Some("text/plain"), tags.clone());
+    server.set_secret("alpha", "a1");
+    server.set_secret("alpha", "a2");
+    let client = server.client()?;
+
+    let items = client.list().await?;
+    let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, [format!("{}/secrets/alpha", server.url()), format!("{}/secrets/beta", server.url())]);
+    assert_eq!((items[1].content_type.as_deref(), items[1].tags.as_ref()), (Some("text/plain"), Some(&tags)));
+    let raw = client.request(Method::GET, "/secrets").send().await?.text().await?;
+    assert!(!raw.contains("a2") && !raw.contains("\"value\":\"b\""), "{raw}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn injected_throttling_has_retry_after_and_is_counted() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("a", "v");
+    let client = server.client()?;
+    server.fail_next(1, 429, Some(7));
+    server.fail_next(1, 503, None);
+
+    let throttled = client.request(Method::GET, "/secrets/a").send().await?;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(throttled.headers()["retry-after"], "7");
+    let body: Value = throttled.json().await?;
+    assert_eq!(body["error"]["code"], "Throttled");
+
+    let unavailable = vault_error(client.get("a", None).await);
+    assert_eq!((unavailable.status, unavailable.code.as_str()), (503, "ServiceUnavailable"));
+    assert_eq!(client.get("a", None).await?.value.as_deref(), Some("v"));
+    assert_eq!(server.calls(Op::GetSecret), 3, "faulted requests count too");
+    Ok(())
+}
+
+#[tokio::test]
+async fn forbidden_secret_gets_rbac_403() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("locked", "v");
+    server.set_secret("open", "v");
+    server.forbid("locked");
+    let client = server.client()?;
+
+    let response = client.request(Method::GET, "/secrets/locked").send().await?;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: Value = response.json().await?;
+    assert_eq!(body["error"]["code"], "Forbidden");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("ForbiddenByRbac"), "{body}");
+    assert_eq!(client.get("open", None).await?.value.as_deref(), Some("v"));
+    assert_eq!(server.calls(Op::GetSecret), 2);
+    assert_eq!(client.set("locked", "rotated").await?.value.as_deref(), Some("rotated"), "only reads are denied");
+    Ok(())
+}
+
+#[tokio::test]
+async fn disabled_versions_cannot_be_read() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let old = server.set_secret("s", "old");
+    let current = server.set_secret("s", "current");
+    let client = server.client()?;
+
+    server.disable_version("s", &old);
+    let error = vault_error(client.get("s", Some(&old)).await);
+    assert_eq!((error.status, error.code.as_str()), (403, "Forbidden"));
+    assert_eq!(error.message, "Operation get is not allowed on a disabled secret.");
+    assert_eq!(client.get("s", None).await?.value.as_deref(), Some("current"));
+
+    // Azure does not fall back to an older version when the current one is disabled.
+    server.disable_version("s", &current);
+    assert_eq!(vault_error(client.get("s", None).await).status, 403);
+    let versions = client.versions("s").await?;
+    assert!(versions.iter().all(|v| !v.attributes.enabled), "{versions:?}");
+
+    let reenabled = client
+        .request(Method::PATCH, &format!("/secrets/s/{current}"))
+        .json(&serde_json::json!({"attributes": {"enabled": true}}))
+        .send()
+        .await?;
+    assert_eq!(reenabled.status(), StatusCode::OK);
+    let body: Value = reenabled.json().await?;
+    assert!(body.get("value").is_none(), "an update answer carries no value");
+    assert_eq!(client.get("s", None).await?.value.as_deref(), Some("current"));
+
+    let created_disabled = client
+        .request(Method::PUT, "/secrets/s")
+        .json(&serde_json::json!({"value": "staged", "attributes": {"enabled": false}}))
+        .send()
+        .await?;
+    assert_eq!(created_disabled.status(), StatusCode::OK);
+    let body: Value = created_disabled.json().await?;
+    assert_eq!((&body["value"], &body["attributes"]["enabled"]), (&Value::from("staged"), &Value::from(false)));
+    assert_eq!(vault_error(client.get("s", None).await).status, 403);
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_names_are_bad_parameter() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let client = server.client()?;
+    for name in ["under_score", "dot.ted", &"x".repeat(128)] {
+        let error = vault_error(client.set(name, "v").await);
+        assert_eq!((error.status, error.code.as_str()), (400, "BadParameter"), "name {name:?}");
+    }
+    let longest = "x".repeat(127);
+    assert_eq!(client.set(&longest, "v").await?.value.as_deref(), Some("v"));
+    let missing = vault_error(client.get("Never-Set", None).await);
+    assert_eq!((missing.status, missing.code.as_str()), (404, "SecretNotFound"));
+    assert!(missing.message.contains("Never-Set"), "{}", missing.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn required_bearer_token_is_enforced() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("a", "v");
+    server.require_bearer(Some("the-right-token".to_string()));
+
+    let wrong = vault_error(server.client()?.get("a", None).await);
+    assert_eq!((wrong.status, wrong.code.as_str()), (401, "Unauthorized"));
+    let right = server.client()?.with_token(Some("the-right-token"));
+    assert_eq!(right.get("a", None).await?.value.as_deref(), Some("v"));
+    assert_eq!(server.calls(Op::GetSecret), 1, "rejected requests are not counted");
+
+    server.require_bearer(None);
+    assert_eq!(server.client()?.get("a", None).await?.value.as_deref(), Some("v"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_secret_is_gone_and_names_are_case_insensitive() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("Api-Key", "k");
+    let client = server.client()?;
+    assert_eq!(client.get("api-key", None).await?.value.as_deref(), Some("k"));
+
+    let deleted: Value = client.request(Method::DELETE, "/secrets/api-key").send().await?.json().await?;
+    assert_eq!(deleted["recoveryId"], format!("{}/deletedsecrets/Api-Key", server.url()));
+    assert!(deleted["scheduledPurgeDate"].as_i64() > deleted["deletedDate"].as_i64());
+    assert!(deleted.get("value").is_none());
+    assert_eq!(vault_error(client.get("Api-Key", None).await).status, 404);
+    assert_eq!(server.calls(Op::DeleteSecret), 1);
+    Ok(())
+}
