@@ -1,0 +1,77 @@
+//! Vault backends shared by the operator and the CSI provider: a `Backend` trait, the Azure Key
+//! Vault client, token sources, a per-store request budget and a read cache that coalesces
+//! concurrent reads. Nothing here knows about Kubernetes.
+#![forbid(unsafe_code)]
+
+pub mod azure;
+pub mod budget;
+pub mod cache;
+mod error;
+pub mod token;
+
+use std::fmt;
+
+use futures::future::BoxFuture;
+use zeroize::Zeroizing;
+
+pub use error::{Error, Result};
+
+/// An object in a vault: its name and, when pinned, a version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+impl ObjectRef {
+    pub fn latest(name: impl Into<String>) -> Self {
+        Self { name: name.into(), version: None }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.version {
+            Some(v) => write!(f, "{}@{v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Secret bytes: zeroed on drop, and never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes({} bytes, redacted)", self.0.len())
+    }
+}
+
+/// One version of a secret as the vault returned it.
+#[derive(Clone, Debug)]
+pub struct FetchedSecret {
+    pub value: SecretBytes,
+    /// The vault's version identifier of what was read.
+    pub version: String,
+    pub content_type: Option<String>,
+}
+
+/// A vault the operator and the CSI provider read from.
+pub trait Backend: Send + Sync {
+    /// Who reads from where (backend kind, endpoint, principal): reads are shared only between
+    /// callers with the same identity, so one tenant never sees another's cached result.
+    fn identity(&self) -> &str;
+
+    /// Reads one object.
+    fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>>;
+}

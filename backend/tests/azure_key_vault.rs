@@ -1,0 +1,156 @@
+//! The Azure Key Vault client against the Key Vault test server over verified HTTPS: versions,
+//! errors, retries, the token challenge, and reads shared through the cache (counted).
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use vaultsync_backend::{
+    Backend, Error, ObjectRef,
+    azure::{AzureKeyVault, RetryPolicy, http_client},
+    budget::RequestBudget,
+    cache::ReadCache,
+    token::StaticToken,
+};
+use vaultsync_e2e::keyvault::{KeyVaultServer, Op};
+
+fn client(vault: &KeyVaultServer, token: &str) -> AzureKeyVault {
+    let http = http_client(Some(vault.ca_pem())).expect("http client");
+    let fast = RetryPolicy { base_backoff: Duration::from_millis(10), ..RetryPolicy::default() };
+    AzureKeyVault::new(http, &vault.url(), "7.6", Arc::new(StaticToken(token.into())), "test-principal")
+        .with_retry(fast)
+}
+
+#[tokio::test]
+async fn reads_the_latest_and_a_pinned_version() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    let v1 = vault.set_secret("db-password", "one");
+    let v2 = vault.set_secret("db-password", "two");
+    let kv = client(&vault, "token");
+
+    let latest = kv.get(&ObjectRef::latest("db-password")).await.expect("latest");
+    assert_eq!(latest.value.expose(), b"two");
+    assert_eq!(latest.version, v2);
+    let pinned = kv.get(&ObjectRef { name: "db-password".into(), version: Some(v1.clone()) }).await.expect("pinned");
+    assert_eq!(pinned.value.expose(), b"one");
+    assert_eq!(pinned.version, v1);
+    assert_eq!(vault.calls(Op::GetSecret), 2);
+    assert!(!format!("{latest:?}").contains("two"), "Debug output must not show the value");
+}
+
+#[tokio::test]
+async fn missing_and_forbidden_objects_are_reported_without_retries() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.set_secret("tenant-b-key", "b");
+    vault.forbid("tenant-b-key");
+    let kv = client(&vault, "token");
+
+    let missing = kv.get(&ObjectRef::latest("nope")).await.expect_err("missing");
+    assert_eq!(missing, Error::NotFound { object: "nope".into() });
+    assert_eq!(missing.reason(), "NotFound");
+    let forbidden = kv.get(&ObjectRef::latest("tenant-b-key")).await.expect_err("forbidden");
+    assert!(matches!(forbidden, Error::Forbidden { .. }), "{forbidden:?}");
+    assert_eq!(vault.calls(Op::GetSecret), 2, "one call each, no retries");
+}
+
+#[tokio::test]
+async fn throttling_and_server_errors_are_retried_with_backoff() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.set_secret("api-key", "k");
+    let kv = client(&vault, "token");
+
+    vault.fail_next(1, 429, Some(1));
+    let started = std::time::Instant::now();
+    kv.get(&ObjectRef::latest("api-key")).await.expect("read after one 429");
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
+    assert_eq!(vault.calls(Op::GetSecret), 2);
+
+    vault.reset_counts();
+    vault.fail_next(2, 500, None);
+    kv.get(&ObjectRef::latest("api-key")).await.expect("read after two 500s");
+    assert_eq!(vault.calls(Op::GetSecret), 3);
+
+    vault.reset_counts();
+    vault.fail_next(4, 503, None);
+    let error = kv.get(&ObjectRef::latest("api-key")).await.expect_err("still unavailable");
+    assert_eq!(error.reason(), "BackendUnavailable");
+    assert_eq!(vault.calls(Op::GetSecret), 4, "gives up after max_attempts");
+
+    vault.reset_counts();
+    vault.fail_next(1, 429, Some(3600));
+    let error = kv.get(&ObjectRef::latest("api-key")).await.expect_err("long Retry-After");
+    assert_eq!(error, Error::Throttled { retry_after: Some(Duration::from_secs(3600)) });
+    assert_eq!(vault.calls(Op::GetSecret), 1, "a long Retry-After is handed back, not slept through");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_renewed_once_then_reported() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.set_secret("api-key", "k");
+    vault.require_bearer(Some("the-right-token".into()));
+    let error = client(&vault, "a-wrong-token").get(&ObjectRef::latest("api-key")).await.expect_err("refused");
+    assert_eq!(error.reason(), "AuthenticationFailed");
+    assert!(!error.to_string().contains("a-wrong-token"), "the token never reaches an error message");
+    client(&vault, "the-right-token").get(&ObjectRef::latest("api-key")).await.expect("accepted");
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_one_object_cost_one_call() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.set_secret("shared", "v");
+    let kv: Arc<dyn Backend> = Arc::new(client(&vault, "token"));
+    let cache = Arc::new(ReadCache::new(Duration::from_secs(60)));
+
+    let reads = (0..100).map(|_| {
+        let (kv, cache) = (kv.clone(), cache.clone());
+        tokio::spawn(async move { cache.get(kv.as_ref(), &ObjectRef::latest("shared"), None).await })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.expect("task").expect("read").value.expose(), b"v");
+    }
+    assert_eq!(vault.calls(Op::GetSecret), 1, "100 concurrent readers, one backend call");
+
+    // Within the window a read is served from the cache; a caller that needs the newest
+    // version (max_age zero) reads again.
+    vault.set_secret("shared", "v2");
+    let cached = cache.get(kv.as_ref(), &ObjectRef::latest("shared"), None).await.expect("cached");
+    assert_eq!(cached.value.expose(), b"v");
+    let fresh = cache.get(kv.as_ref(), &ObjectRef::latest("shared"), Some(Duration::ZERO)).await.expect("fresh");
+    assert_eq!(fresh.value.expose(), b"v2");
+    assert_eq!(vault.calls(Op::GetSecret), 2);
+}
+
+#[tokio::test]
+async fn different_identities_do_not_share_cached_reads() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.set_secret("shared", "v");
+    let http = http_client(Some(vault.ca_pem())).expect("http");
+    let tenant =
+        |id: &str| AzureKeyVault::new(http.clone(), &vault.url(), "7.6", Arc::new(StaticToken("t".into())), id);
+    let (a, b) = (tenant("tenant-a"), tenant("tenant-b"));
+    let cache = ReadCache::new(Duration::from_secs(60));
+    cache.get(&a, &ObjectRef::latest("shared"), None).await.expect("a");
+    cache.get(&b, &ObjectRef::latest("shared"), None).await.expect("b");
+    cache.get(&a, &ObjectRef::latest("shared"), None).await.expect("a again");
+    assert_eq!(vault.calls(Op::GetSecret), 2, "one read per identity");
+}
+
+#[tokio::test]
+async fn the_budget_spreads_calls_and_the_observer_counts_them() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.set_secret("k", "v");
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let seen = outcomes.clone();
+    let kv = client(&vault, "token")
+        .with_budget(Arc::new(RequestBudget::new(20, 2)))
+        .with_observer(Arc::new(move |op, outcome| seen.lock().expect("lock").push((op, outcome))));
+    let started = std::time::Instant::now();
+    for _ in 0..12 {
+        kv.get(&ObjectRef::latest("k")).await.expect("read");
+    }
+    // 2 free, then 10 at 20/s: at least 0.5 s.
+    assert!(started.elapsed() >= Duration::from_millis(450), "took {:?}", started.elapsed());
+    assert_eq!(outcomes.lock().expect("lock").len(), 12);
+    assert!(outcomes.lock().expect("lock").iter().all(|o| *o == ("get_secret", "ok")));
+}
