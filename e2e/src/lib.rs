@@ -6,6 +6,7 @@
 //! binary exits, also when a test fails or panics, or the binary is killed.
 
 pub mod controlplane;
+pub mod entra;
 pub mod keyvault;
 pub mod openbao;
 pub mod process;

@@ -1,0 +1,110 @@
+//! Workload identity end to end: a service-account token from the real apiserver (TokenRequest)
+//! is exchanged at an Entra token endpoint, which checks it with TokenReview, and the Entra
+//! token reads from the vault. A token of another service account is refused.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use vaultsync_backend::{
+    Backend, Error, ObjectRef,
+    azure::{AzureKeyVault, http_client},
+    token::{AssertionSource, EntraToken, Grant},
+};
+use vaultsync_e2e::{
+    TestNamespace,
+    entra::{EntraServer, Federation},
+    keyvault::{KeyVaultServer, Op},
+};
+use zeroize::Zeroizing;
+
+const AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// The assertion the operator will make for a store: a TokenRequest for its service account.
+struct ServiceAccountToken {
+    api: Api<ServiceAccount>,
+    name: String,
+}
+
+impl AssertionSource for ServiceAccountToken {
+    fn assertion(&self) -> BoxFuture<'_, vaultsync_backend::Result<Zeroizing<String>>> {
+        Box::pin(async move {
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: Some(vec![AUDIENCE.into()]),
+                    expiration_seconds: Some(600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let answer = self
+                .api
+                .create_token_request(&self.name, &PostParams::default(), &request)
+                .await
+                .map_err(|e| Error::Unauthenticated { message: format!("TokenRequest for {}: {e}", self.name) })?;
+            let token = answer.status.and_then(|s| s.token).unwrap_or_default();
+            Ok(Zeroizing::new(token))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_service_account_token_is_exchanged_for_vault_access() {
+    let ns = TestNamespace::new("workload-identity").await;
+    let accounts: Api<ServiceAccount> = ns.api();
+    for name in ["reader", "intruder"] {
+        let sa = ServiceAccount {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            ..Default::default()
+        };
+        accounts.create(&PostParams::default(), &sa).await.expect("service account");
+    }
+    let federation = Federation {
+        client_id: "app-reader".into(),
+        subject: format!("system:serviceaccount:{}:reader", ns.name),
+        audience: AUDIENCE.into(),
+        access_token: "entra-issued-token-for-app-reader".into(),
+    };
+    let entra = EntraServer::start(ns.client.clone(), vec![federation.clone()]).await.expect("entra");
+    let vault = KeyVaultServer::start().await.expect("vault");
+    vault.require_bearer(Some(federation.access_token.clone()));
+    vault.set_secret("db-password", "s3cr3t");
+
+    let http = http_client(Some(entra.ca_pem())).expect("http");
+    let store = |sa: &str| {
+        let assertion = Arc::new(ServiceAccountToken { api: accounts.clone(), name: sa.into() });
+        let credential = EntraToken::new(
+            http.clone(),
+            entra.authority_host(),
+            "tenant-1",
+            Some("app-reader".into()),
+            Grant::ClientAssertion(assertion),
+        );
+        AzureKeyVault::new(
+            http.clone(),
+            &vault.url(),
+            "7.6",
+            Arc::new(credential),
+            &format!("tenant-1/app-reader/{sa}"),
+        )
+    };
+
+    let reader = store("reader");
+    let secret = reader.get(&ObjectRef::latest("db-password")).await.expect("read with workload identity");
+    assert_eq!(secret.value.expose(), b"s3cr3t");
+    reader.get(&ObjectRef::latest("db-password")).await.expect("second read");
+    assert_eq!(entra.counts(), (1, 0), "the Entra token is cached between reads");
+
+    let error = store("intruder").get(&ObjectRef::latest("db-password")).await.expect_err("wrong subject");
+    assert_eq!(error.reason(), "AuthenticationFailed", "{error}");
+    assert!(error.to_string().contains("AADSTS700213"), "{error}");
+    assert_eq!(entra.counts(), (1, 1));
+    assert_eq!(vault.calls(Op::GetSecret), 2, "the refused identity never reached the vault");
+}
