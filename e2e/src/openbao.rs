@@ -12,6 +12,11 @@ pub const OPENBAO_VERSION: &str = "2.7.2";
 /// The dev server's root token: test-only, the server keeps everything in memory.
 pub const ROOT_TOKEN: &str = "vaultsync-test-root";
 
+/// The `bao` program installed by `make tools`.
+pub fn bao_binary() -> std::path::PathBuf {
+    cache_dir().join(format!("openbao-{OPENBAO_VERSION}/bin/bao"))
+}
+
 /// A running OpenBao dev server.
 pub struct OpenBao {
     pub addr: String,
@@ -30,7 +35,7 @@ impl OpenBao {
     }
 
     fn start() -> anyhow::Result<Self> {
-        let bao = cache_dir().join(format!("openbao-{OPENBAO_VERSION}/bin/bao"));
+        let bao = bao_binary();
         anyhow::ensure!(bao.exists(), "{} is missing: run `make tools` first", bao.display());
         let mut last_error = None;
         // A port found free can be taken before the server binds it; try a few.

@@ -21,7 +21,12 @@ async fn main() -> anyhow::Result<()> {
     println!("  Key Vault    {} (secrets API 7.2-7.6; CA bundle {})", vault.url(), ca.display());
     println!("               seeded secret demo-db-password, version {seeded}");
     println!("  OpenBao      {} (dev server, KV v2 at secret/)", bao.addr);
-    println!("               BAO_ADDR={} BAO_TOKEN={} bao kv get secret/...", bao.addr, openbao::ROOT_TOKEN);
+    println!(
+        "               BAO_ADDR={} BAO_TOKEN={} {} kv list secret/",
+        bao.addr,
+        openbao::ROOT_TOKEN,
+        openbao::bao_binary().display()
+    );
     println!();
     println!("Press Ctrl-C to stop; everything started here is stopped and its data removed.");
     tokio::signal::ctrl_c().await?;
