@@ -5,10 +5,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
@@ -22,6 +19,7 @@ use vaultsync_e2e::{
     TestNamespace,
     entra::{EntraServer, Federation},
     keyvault::{KeyVaultServer, Op},
+    service_account_token,
 };
 use zeroize::Zeroizing;
 
@@ -36,20 +34,9 @@ struct ServiceAccountToken {
 impl AssertionSource for ServiceAccountToken {
     fn assertion(&self) -> BoxFuture<'_, vaultsync_backend::Result<Zeroizing<String>>> {
         Box::pin(async move {
-            let request = TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    audiences: Some(vec![AUDIENCE.into()]),
-                    expiration_seconds: Some(600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let answer = self
-                .api
-                .create_token_request(&self.name, &PostParams::default(), &request)
+            let token = service_account_token(&self.api, &self.name, AUDIENCE)
                 .await
                 .map_err(|e| Error::Unauthenticated { message: format!("TokenRequest for {}: {e}", self.name) })?;
-            let token = answer.status.and_then(|s| s.token).unwrap_or_default();
             Ok(Zeroizing::new(token))
         })
     }

@@ -180,3 +180,22 @@ pub async fn install_crds(client: &Client) {
         })
         .await;
 }
+
+/// Requests a token for a service account with the TokenRequest API (10 minutes, one audience).
+pub async fn service_account_token(
+    accounts: &Api<k8s_openapi::api::core::v1::ServiceAccount>,
+    name: &str,
+    audience: &str,
+) -> kube::Result<String> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.into()]),
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let answer = accounts.create_token_request(name, &PostParams::default(), &request).await?;
+    Ok(answer.status.and_then(|s| s.token).unwrap_or_default())
+}

@@ -12,4 +12,4 @@ pub mod openbao;
 pub mod process;
 pub mod tls;
 
-pub use controlplane::{ControlPlane, TestNamespace, eventually, install_crds};
+pub use controlplane::{ControlPlane, TestNamespace, eventually, install_crds, service_account_token};

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec},
+    authentication::v1::{TokenReview, TokenReviewSpec},
     core::v1::{Secret, ServiceAccount},
 };
 use kube::{
@@ -13,7 +13,7 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use vaultsync_e2e::{TestNamespace, eventually, keyvault::KeyVaultServer, openbao::OpenBao};
+use vaultsync_e2e::{TestNamespace, eventually, keyvault::KeyVaultServer, openbao::OpenBao, service_account_token};
 
 fn deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
@@ -73,19 +73,6 @@ async fn controller_manager_rolls_out_a_changed_pod_template() {
     assert_ne!(hashes[0], hashes[1], "the new ReplicaSet has a new pod-template-hash");
 }
 
-async fn request_token(sa: &Api<ServiceAccount>, name: &str, audience: &str) -> String {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.into()]),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let answer = sa.create_token_request(name, &PostParams::default(), &request).await.expect("TokenRequest");
-    answer.status.expect("token request status").token.expect("token")
-}
-
 async fn review(client: &kube::Client, token: &str, audience: &str) -> (bool, Option<String>) {
     let review = TokenReview {
         spec: TokenReviewSpec { token: token.into(), audiences: Some(vec![audience.into()]) },
@@ -107,12 +94,12 @@ async fn service_account_tokens_are_issued_and_reviewed_by_audience() {
     };
     accounts.create(&PostParams::default(), &sa).await.expect("creating a service account");
 
-    let token = request_token(&accounts, "workload", "vaultsync-test").await;
+    let token = service_account_token(&accounts, "workload", "vaultsync-test").await.expect("TokenRequest");
     let (ok, user) = review(&ns.client, &token, "vaultsync-test").await;
     assert!(ok, "a token for the audience is accepted");
     assert_eq!(user.as_deref(), Some(format!("system:serviceaccount:{}:workload", ns.name).as_str()));
 
-    let other = request_token(&accounts, "workload", "someone-else").await;
+    let other = service_account_token(&accounts, "workload", "someone-else").await.expect("TokenRequest");
     let (ok, _) = review(&ns.client, &other, "vaultsync-test").await;
     assert!(!ok, "a token for another audience is rejected");
 }
