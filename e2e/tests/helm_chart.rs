@@ -1,0 +1,594 @@
+//! The Helm chart in `charts/vaultsync`: it lints, renders objects the real apiserver accepts, installs into a
+//! namespace (the controller manager then makes the operator's ReplicaSet), and grants the operator's service
+//! account exactly the rights it needs, checked with `kubectl auth can-i`.
+//!
+//! helm and kubectl run with a throwaway HOME and HELM_* folders in the temp folder, so nothing is written to the
+//! user's home.
+
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::{Service, ServiceAccount},
+    policy::v1::PodDisruptionBudget,
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role},
+};
+use kube::{Api, api::ListParams};
+use vaultsync_e2e::{ControlPlane, TestNamespace, eventually, install_crds, process::tool};
+
+/// The repository root; the chart is `charts/vaultsync` below it.
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+const CHART: &str = "charts/vaultsync";
+
+/// Runs helm and kubectl against the shared control plane with private, temporary home folders.
+struct Tools {
+    home: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Tools {
+    fn new() -> Self {
+        let home = std::env::temp_dir().join(format!("vaultsync-helm-test-{}", uuid::Uuid::new_v4().simple()));
+        for dir in ["cache", "config", "data", "home"] {
+            std::fs::create_dir_all(home.join(dir)).expect("creating the helm home folders");
+        }
+        Self { home, kubeconfig: ControlPlane::shared().kubeconfig_path().to_path_buf() }
+    }
+
+    /// Like `new`, for tests that never talk to the apiserver (no control plane is started).
+    fn offline() -> Self {
+        let home = std::env::temp_dir().join(format!("vaultsync-helm-test-{}", uuid::Uuid::new_v4().simple()));
+        for dir in ["cache", "config", "data", "home"] {
+            std::fs::create_dir_all(home.join(dir)).expect("creating the helm home folders");
+        }
+        let kubeconfig = home.join("no-kubeconfig");
+        Self { home, kubeconfig }
+    }
+
+    fn command(&self, tool_name: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(tool(tool_name).expect("the tool is built"));
+        cmd.args(args)
+            .current_dir(repo_root())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.home.join("home"))
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"));
+        cmd
+    }
+
+    /// Runs `helm args`, off the async runtime's thread.
+    async fn helm(&self, args: &[&str]) -> Output {
+        run(self.command("helm", args), None).await
+    }
+
+    /// Runs `kubectl args`, with `stdin` as its standard input when given.
+    async fn kubectl(&self, args: &[&str], stdin: Option<String>) -> Output {
+        run(self.command("kubectl", args), stdin).await
+    }
+
+    /// `helm template` with the given extra arguments; panics unless it succeeds.
+    async fn render(&self, namespace: &str, extra: &[&str]) -> String {
+        let mut args = vec!["template", "vs", CHART, "--namespace", namespace];
+        args.extend_from_slice(extra);
+        let out = self.helm(&args).await;
+        assert_success(&out, "helm template");
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+}
+
+impl Drop for Tools {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+async fn run(mut cmd: Command, stdin: Option<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            pipe.write_all(input.as_bytes()).expect("writing stdin");
+        }
+        child.wait_with_output().expect("waiting for the command")
+    })
+    .await
+    .expect("the command's thread")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn assert_success(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, text(out));
+}
+
+/// The documents of a multi-document YAML stream.
+fn documents(yaml: &str) -> Vec<&str> {
+    yaml.split("\n---\n").map(str::trim).filter(|d| d.contains("\nkind: ") || d.starts_with("kind: ")).collect()
+}
+
+/// The rendered documents of one kind (matched on the top-level `kind:` line).
+fn of_kind<'a>(yaml: &'a str, kind: &str) -> Vec<&'a str> {
+    let line = format!("kind: {kind}");
+    documents(yaml).into_iter().filter(|d| d.lines().any(|l| l == line)).collect()
+}
+
+fn one_of_kind<'a>(yaml: &'a str, kind: &str) -> &'a str {
+    let docs = of_kind(yaml, kind);
+    assert_eq!(docs.len(), 1, "expected one {kind} in the rendered chart, found {}:\n{yaml}", docs.len());
+    docs[0]
+}
+
+/// The rules as (apiGroup, resource) -> verbs, for comparing with what the operator needs.
+fn rule_set(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut set = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    set.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    set
+}
+
+/// The cluster-wide rights the operator needs (rollouts included), one (group, resource, verb) per entry.
+fn expected_cluster_rules(rollouts: bool) -> BTreeSet<(String, String, String)> {
+    let mut want: Vec<(&str, &[&str], &[&str])> = vec![
+        ("vaultsync.dev", &["vaultsecrets", "vaultstores", "clustervaultstores"], &["get", "list", "watch"]),
+        (
+            "vaultsync.dev",
+            &["vaultsecrets/status", "vaultstores/status", "clustervaultstores/status"],
+            &["get", "patch", "update"],
+        ),
+        ("vaultsync.dev", &["vaultsecrets/finalizers"], &["update"]),
+        ("", &["secrets"], &["get", "list", "watch", "create", "patch", "update", "delete"]),
+        ("", &["serviceaccounts/token"], &["create"]),
+        ("", &["namespaces"], &["get", "list", "watch"]),
+        ("events.k8s.io", &["events"], &["create", "patch"]),
+    ];
+    if rollouts {
+        want.push(("apps", &["deployments", "statefulsets", "daemonsets"], &["get", "list", "watch", "patch"]));
+    }
+    let mut set = BTreeSet::new();
+    for (group, resources, verbs) in want {
+        for resource in resources {
+            for verb in verbs {
+                set.insert((group.to_string(), resource.to_string(), verb.to_string()));
+            }
+        }
+    }
+    set
+}
+
+fn assert_no_wildcards(rules: &[PolicyRule], what: &str) {
+    for rule in rules {
+        let all = rule
+            .verbs
+            .iter()
+            .chain(rule.resources.iter().flatten())
+            .chain(rule.api_groups.iter().flatten())
+            .chain(rule.resource_names.iter().flatten());
+        for word in all {
+            assert!(!word.contains('*'), "{what} has a wildcard {word:?} in {rule:?}");
+        }
+        assert!(rule.non_resource_urls.is_none(), "{what} grants non-resource URLs: {rule:?}");
+    }
+}
+
+#[tokio::test]
+async fn chart_lints_cleanly() {
+    let tools = Tools::offline();
+    for extra in [
+        &[][..],
+        &["--set", "replicaCount=1", "--set", "rollouts.enabled=false"][..],
+        &["--set", "metrics.serviceMonitor.enabled=true", "--set", "serviceAccount.create=false"][..],
+    ] {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = tools.helm(&args).await;
+        assert_success(&out, "helm lint");
+        let report = text(&out);
+        assert!(report.contains("1 chart(s) linted, 0 chart(s) failed"), "helm lint {extra:?}:\n{report}");
+        assert!(!report.contains("[WARNING]") && !report.contains("[ERROR]"), "helm lint {extra:?}:\n{report}");
+    }
+}
+
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    let root = repo_root();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root.join("crds")).expect("reading crds/") {
+        let name = entry.expect("crds/ entry").file_name();
+        let generated = std::fs::read_to_string(root.join("crds").join(&name)).expect("reading a CRD");
+        let copy = std::fs::read_to_string(root.join(CHART).join("crds").join(&name))
+            .unwrap_or_else(|e| panic!("the chart has no copy of {name:?}: {e}"));
+        assert_eq!(generated, copy, "the chart's copy of {name:?} differs; run `make crds`");
+        names.push(name.to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        ["clustervaultstores.vaultsync.dev.yaml", "vaultsecrets.vaultsync.dev.yaml", "vaultstores.vaultsync.dev.yaml"]
+    );
+    let in_chart = std::fs::read_dir(root.join(CHART).join("crds")).expect("reading the chart's crds/").count();
+    assert_eq!(in_chart, names.len(), "the chart's crds/ holds files that crds/ does not");
+}
+
+#[tokio::test]
+async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
+    let ns = TestNamespace::new("helm-render").await;
+    install_crds(&ns.client).await;
+    let tools = Tools::new();
+
+    let yaml = tools.render(&ns.name, &["--set", "image.tag=test"]).await;
+    let apply =
+        tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(yaml.clone())).await;
+    assert_success(&apply, "kubectl apply --dry-run=server");
+    let applied = text(&apply);
+    for object in [
+        "serviceaccount/vs-vaultsync",
+        &format!("clusterrole.rbac.authorization.k8s.io/vs-vaultsync-{}", ns.name),
+        &format!("clusterrolebinding.rbac.authorization.k8s.io/vs-vaultsync-{}", ns.name),
+        "role.rbac.authorization.k8s.io/vs-vaultsync",
+        "rolebinding.rbac.authorization.k8s.io/vs-vaultsync",
+        "service/vs-vaultsync-metrics",
+        "deployment.apps/vs-vaultsync",
+        "poddisruptionbudget.policy/vs-vaultsync",
+    ] {
+        assert!(applied.contains(&format!("{object} created (server dry run)")), "{object} not applied:\n{applied}");
+    }
+    assert_eq!(documents(&yaml).len(), 8, "unexpected objects in the rendered chart:\n{yaml}");
+
+    let deployment = one_of_kind(&yaml, "Deployment");
+    for fact in [
+        "replicas: 2",
+        "image: \"ghcr.io/vaultsync/vaultsync-operator:test\"",
+        "runAsNonRoot: true",
+        "runAsUser: 65532",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "- ALL",
+        "type: RuntimeDefault",
+        "automountServiceAccountToken: true",
+        "fieldPath: metadata.namespace",
+        "fieldPath: metadata.name",
+        "path: /healthz",
+        "path: /readyz",
+        "containerPort: 8080",
+        "cpu: 50m",
+        "memory: 64Mi",
+        "memory: 256Mi",
+        "- name: VAULTSYNC_METRICS_ADDR\n              value: \"0.0.0.0:8080\"",
+        "- name: VAULTSYNC_LEADER_ELECT\n              value: \"true\"",
+        "- name: VAULTSYNC_LOG_JSON\n              value: \"true\"",
+        "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"30s\"",
+        "- name: VAULTSYNC_DEFAULT_RPS\n              value: \"50\"",
+        "- name: VAULTSYNC_DEFAULT_BURST\n              value: \"100\"",
+    ] {
+        assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
+    }
+    let role = one_of_kind(&yaml, "Role");
+    assert!(role.contains("coordination.k8s.io") && role.contains("leases"), "the Role lacks leases:\n{role}");
+    assert!(role.contains(&format!("namespace: {}", ns.name)), "the Role is not in the release namespace:\n{role}");
+    let cluster_role = one_of_kind(&yaml, "ClusterRole");
+    assert!(!cluster_role.contains('*'), "the ClusterRole has a wildcard:\n{cluster_role}");
+    assert!(cluster_role.contains("serviceaccounts/token"), "the ClusterRole lacks TokenRequest:\n{cluster_role}");
+    assert!(cluster_role.contains("deployments"), "rollouts are on by default:\n{cluster_role}");
+    let service = one_of_kind(&yaml, "Service");
+    assert!(service.contains("name: http-metrics") && service.contains("port: 8080"), "{service}");
+    assert!(of_kind(&yaml, "ServiceMonitor").is_empty(), "no ServiceMonitor by default");
+
+    // The image tag defaults to the chart's appVersion.
+    let default_tag = tools.render(&ns.name, &[]).await;
+    assert!(default_tag.contains("image: \"ghcr.io/vaultsync/vaultsync-operator:0.1.0\""), "{default_tag}");
+
+    // Other values: one replica (no PDB), rollouts off, an existing service account, scheduling settings.
+    let varied = tools
+        .render(
+            &ns.name,
+            &[
+                "--set",
+                "replicaCount=1",
+                "--set",
+                "rollouts.enabled=false",
+                "--set",
+                "serviceAccount.create=false",
+                "--set",
+                "serviceAccount.name=existing",
+                "--set",
+                "operator.logJson=false",
+                "--set",
+                "operator.cacheWindow=1m",
+                "--set",
+                "nodeSelector.kubernetes\\.io/os=linux",
+                "--set",
+                "podLabels.team=platform",
+                "--set",
+                "podAnnotations.example\\.com/note=hello",
+                "--set-json",
+                "tolerations=[{\"key\":\"dedicated\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]",
+                "--set-json",
+                "imagePullSecrets=[{\"name\":\"registry\"}]",
+            ],
+        )
+        .await;
+    assert!(of_kind(&varied, "PodDisruptionBudget").is_empty(), "no PDB with one replica:\n{varied}");
+    assert!(of_kind(&varied, "ServiceAccount").is_empty(), "no ServiceAccount when create=false:\n{varied}");
+    assert!(!one_of_kind(&varied, "ClusterRole").contains("\"apps\""), "rollouts off drops the apps rule");
+    let varied_deployment = one_of_kind(&varied, "Deployment");
+    for fact in [
+        "replicas: 1",
+        "serviceAccountName: existing",
+        "- name: VAULTSYNC_LOG_JSON\n              value: \"false\"",
+        "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"1m\"",
+        "kubernetes.io/os: linux",
+        "team: platform",
+        "example.com/note: hello",
+        "key: dedicated",
+        "- name: registry",
+    ] {
+        assert!(varied_deployment.contains(fact), "the Deployment lacks {fact:?}:\n{varied_deployment}");
+    }
+    let apply =
+        tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(varied.clone())).await;
+    assert_success(&apply, "kubectl apply --dry-run=server (varied values)");
+
+    // The ServiceMonitor needs the Prometheus Operator's CRDs, which this cluster does not have: check the text.
+    let monitored = tools.render(&ns.name, &["--set", "metrics.serviceMonitor.enabled=true"]).await;
+    let monitor = one_of_kind(&monitored, "ServiceMonitor");
+    assert!(monitor.contains("apiVersion: monitoring.coreos.com/v1"), "{monitor}");
+    assert!(monitor.contains("- port: http-metrics") && monitor.contains("path: /metrics"), "{monitor}");
+}
+
+#[tokio::test]
+async fn helm_install_creates_the_operator_and_its_rights() {
+    let ns = TestNamespace::new("helm-install").await;
+    install_crds(&ns.client).await;
+    let tools = Tools::new();
+
+    let out =
+        tools.helm(&["install", "vs", CHART, "--namespace", &ns.name, "--skip-crds", "--set", "image.tag=test"]).await;
+    assert_success(&out, "helm install");
+    let notes = text(&out);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(notes.contains(&format!("installed as release \"vs\" in namespace \"{}\"", ns.name)), "{notes}");
+
+    // The Deployment, as the apiserver stored it.
+    let deployment = ns.api::<Deployment>().get("vs-vaultsync").await.expect("the Deployment");
+    let spec = deployment.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("vs-vaultsync"));
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("ghcr.io/vaultsync/vaultsync-operator:test"));
+    let env = container.env.clone().expect("env");
+    let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.clone())
+            .and_then(|v| v.field_ref)
+            .map(|f| f.field_path)
+    };
+    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(value("VAULTSYNC_METRICS_ADDR").as_deref(), Some("0.0.0.0:8080"));
+    assert_eq!(value("VAULTSYNC_LEADER_ELECT").as_deref(), Some("true"));
+    assert_eq!(value("VAULTSYNC_LOG_JSON").as_deref(), Some("true"));
+    assert_eq!(value("VAULTSYNC_CACHE_WINDOW").as_deref(), Some("30s"));
+    assert_eq!(value("VAULTSYNC_DEFAULT_RPS").as_deref(), Some("50"));
+    assert_eq!(value("VAULTSYNC_DEFAULT_BURST").as_deref(), Some("100"));
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|g| g.path.clone())
+    };
+    assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
+    let security = container.security_context.clone().expect("container security context");
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.run_as_user, Some(65532));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
+    assert_eq!(security.seccomp_profile.map(|s| s.type_).as_deref(), Some("RuntimeDefault"));
+
+    // The controller manager acts on it: a ReplicaSet for two pods, owned by the Deployment.
+    let replica_sets: Api<ReplicaSet> = ns.api();
+    let rs = eventually(Duration::from_secs(30), "the operator's ReplicaSet", || async {
+        let list = replica_sets.list(&ListParams::default().labels("app.kubernetes.io/instance=vs")).await.ok()?;
+        list.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(rs.spec.replicas, Some(2));
+    let owner = &rs.metadata.owner_references.as_ref().expect("owner references")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Deployment", "vs-vaultsync"));
+
+    // The other namespaced objects.
+    ns.api::<ServiceAccount>().get("vs-vaultsync").await.expect("the ServiceAccount");
+    let service = ns.api::<Service>().get("vs-vaultsync-metrics").await.expect("the metrics Service");
+    let port = &service.spec.expect("service spec").ports.expect("ports")[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("http-metrics"), 8080));
+    let pdb = ns.api::<PodDisruptionBudget>().get("vs-vaultsync").await.expect("the PodDisruptionBudget");
+    assert_eq!(
+        pdb.spec.and_then(|s| s.min_available),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let role = ns.api::<Role>().get("vs-vaultsync").await.expect("the Role");
+    let role_rules = role.rules.expect("role rules");
+    assert_no_wildcards(&role_rules, "the Role");
+    let lease_rights: BTreeSet<_> = ["get", "create", "update"]
+        .iter()
+        .map(|v| ("coordination.k8s.io".to_string(), "leases".to_string(), v.to_string()))
+        .collect();
+    assert_eq!(rule_set(&role_rules), lease_rights);
+
+    // Cluster-scoped objects carry the namespace in their names, and hold exactly the needed rules.
+    let cluster_name = format!("vs-vaultsync-{}", ns.name);
+    let cluster_roles: Api<ClusterRole> = Api::all(ns.client.clone());
+    let cluster_role = cluster_roles.get(&cluster_name).await.expect("the ClusterRole");
+    let rules = cluster_role.rules.expect("cluster role rules");
+    assert_no_wildcards(&rules, "the ClusterRole");
+    assert_eq!(rule_set(&rules), expected_cluster_rules(true));
+    let bindings: Api<ClusterRoleBinding> = Api::all(ns.client.clone());
+    let binding = bindings.get(&cluster_name).await.expect("the ClusterRoleBinding");
+    assert_eq!(binding.role_ref.name, cluster_name);
+    let subject = &binding.subjects.expect("subjects")[0];
+    assert_eq!((subject.kind.as_str(), subject.name.as_str()), ("ServiceAccount", "vs-vaultsync"));
+    assert_eq!(subject.namespace.as_deref(), Some(ns.name.as_str()));
+
+    // Uninstalling removes the cluster-scoped objects too.
+    let out = tools.helm(&["uninstall", "vs", "--namespace", &ns.name]).await;
+    assert_success(&out, "helm uninstall");
+    eventually(Duration::from_secs(30), "the ClusterRole to be deleted", || async {
+        cluster_roles.get_opt(&cluster_name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(bindings.get_opt(&cluster_name).await.expect("reading bindings").is_none());
+}
+
+#[tokio::test]
+async fn same_release_name_in_two_namespaces_does_not_clash() {
+    let first = TestNamespace::new("helm-twice-a").await;
+    let second = TestNamespace::new("helm-twice-b").await;
+    install_crds(&first.client).await;
+    let tools = Tools::new();
+    for ns in [&first, &second] {
+        let out = tools
+            .helm(&["install", "twin", CHART, "--namespace", &ns.name, "--skip-crds", "--set", "image.tag=test"])
+            .await;
+        assert_success(&out, "helm install");
+    }
+    let cluster_roles: Api<ClusterRole> = Api::all(first.client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(first.client.clone());
+    for ns in [&first, &second] {
+        let name = format!("twin-vaultsync-{}", ns.name);
+        let role = cluster_roles.get(&name).await.expect("each release's ClusterRole");
+        let labels = role.metadata.labels.expect("labels");
+        assert_eq!(labels.get("app.kubernetes.io/instance").map(String::as_str), Some("twin"));
+        let binding = bindings.get(&name).await.expect("each release's ClusterRoleBinding");
+        assert_eq!(binding.subjects.expect("subjects")[0].namespace.as_deref(), Some(ns.name.as_str()));
+    }
+    // Removing one release leaves the other's rights in place.
+    let out = tools.helm(&["uninstall", "twin", "--namespace", &first.name]).await;
+    assert_success(&out, "helm uninstall");
+    let gone = format!("twin-vaultsync-{}", first.name);
+    eventually(Duration::from_secs(30), "the first release's ClusterRole to be deleted", || async {
+        cluster_roles.get_opt(&gone).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    cluster_roles.get(&format!("twin-vaultsync-{}", second.name)).await.expect("the second release's ClusterRole");
+    let out = tools.helm(&["uninstall", "twin", "--namespace", &second.name]).await;
+    assert_success(&out, "helm uninstall");
+}
+
+/// `kubectl auth can-i` as the operator's service account; true for "yes".
+async fn can_i(tools: &Tools, service_account: &str, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    let as_user = format!("--as={service_account}");
+    all.push(&as_user);
+    let out = tools.kubectl(&all, None).await;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!("kubectl auth can-i {args:?}: unexpected answer:\n{}", text(&out)),
+    }
+}
+
+#[tokio::test]
+async fn service_account_has_exactly_the_rights_it_needs() {
+    let ns = TestNamespace::new("helm-rbac").await;
+    let other = TestNamespace::new("helm-rbac-other").await;
+    install_crds(&ns.client).await;
+    let tools = Tools::new();
+    let out = tools
+        .helm(&["install", "rbac", CHART, "--namespace", &ns.name, "--skip-crds", "--set", "image.tag=test"])
+        .await;
+    assert_success(&out, "helm install");
+    let sa = format!("system:serviceaccount:{}:rbac-vaultsync", ns.name);
+    let here = ["--namespace", ns.name.as_str()];
+    let there = ["--namespace", other.name.as_str()];
+
+    let allowed: Vec<Vec<&str>> = vec![
+        [&["create", "serviceaccounts", "--subresource=token"][..], &there].concat(),
+        vec!["list", "secrets", "--all-namespaces"],
+        vec!["watch", "secrets", "--all-namespaces"],
+        [&["delete", "secrets"][..], &there].concat(),
+        [&["create", "secrets"][..], &here].concat(),
+        vec!["list", "vaultsecrets.vaultsync.dev", "--all-namespaces"],
+        vec!["watch", "clustervaultstores.vaultsync.dev"],
+        [&["patch", "vaultsecrets.vaultsync.dev", "--subresource=status"][..], &there].concat(),
+        [&["update", "vaultsecrets.vaultsync.dev", "--subresource=finalizers"][..], &there].concat(),
+        vec!["list", "namespaces"],
+        [&["create", "events.events.k8s.io"][..], &there].concat(),
+        [&["patch", "deployments.apps"][..], &there].concat(),
+        [&["update", "leases.coordination.k8s.io"][..], &here].concat(),
+        [&["create", "leases.coordination.k8s.io"][..], &here].concat(),
+    ];
+    for args in &allowed {
+        assert!(can_i(&tools, &sa, args).await, "the operator should be allowed: {args:?}");
+    }
+
+    let denied: Vec<Vec<&str>> = vec![
+        vec!["delete", "namespaces"],
+        vec!["create", "clusterroles.rbac.authorization.k8s.io"],
+        vec!["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        [&["update", "leases.coordination.k8s.io"][..], &there].concat(),
+        [&["get", "leases.coordination.k8s.io"][..], &there].concat(),
+        [&["update", "vaultsecrets.vaultsync.dev"][..], &there].concat(),
+        [&["delete", "vaultstores.vaultsync.dev"][..], &there].concat(),
+        [&["create", "serviceaccounts"][..], &there].concat(),
+        [&["get", "configmaps"][..], &there].concat(),
+        [&["create", "pods"][..], &there].concat(),
+        [&["create", "pods", "--subresource=exec"][..], &there].concat(),
+        [&["delete", "deployments.apps"][..], &there].concat(),
+        vec!["impersonate", "serviceaccounts"],
+    ];
+    for args in &denied {
+        assert!(!can_i(&tools, &sa, args).await, "the operator should be denied: {args:?}");
+    }
+
+    // With rollouts off, the right to patch workloads goes away.
+    let out = tools
+        .helm(&[
+            "upgrade",
+            "rbac",
+            CHART,
+            "--namespace",
+            &ns.name,
+            "--skip-crds",
+            "--set",
+            "image.tag=test",
+            "--set",
+            "rollouts.enabled=false",
+        ])
+        .await;
+    assert_success(&out, "helm upgrade");
+    let patch_deployments = [&["patch", "deployments.apps"][..], &there].concat();
+    eventually(Duration::from_secs(30), "the rollouts right to be withdrawn", || async {
+        (!can_i(&tools, &sa, &patch_deployments).await).then_some(())
+    })
+    .await;
+    assert!(can_i(&tools, &sa, &["list", "secrets", "--all-namespaces"]).await, "other rights stay");
+
+    let out = tools.helm(&["uninstall", "rbac", "--namespace", &ns.name]).await;
+    assert_success(&out, "helm uninstall");
+}
