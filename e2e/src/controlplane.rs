@@ -199,3 +199,17 @@ pub async fn service_account_token(
     let answer = accounts.create_token_request(name, &PostParams::default(), &request).await?;
     Ok(answer.status.and_then(|s| s.token).unwrap_or_default())
 }
+
+/// The reasons of the Events recorded for an object in the namespace (events.k8s.io/v1).
+pub async fn events_for(ns: &TestNamespace, kind: &str, name: &str) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = ns.api();
+    let list = events.list(&Default::default()).await.expect("listing events");
+    list.items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .filter_map(|e| e.reason)
+        .collect()
+}

@@ -1,0 +1,114 @@
+//! Command-line flags (each also an environment variable).
+
+use std::{net::SocketAddr, time::Duration};
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "vaultsync-operator", about = "Keeps Kubernetes Secrets in sync with vault objects", version)]
+pub struct Args {
+    /// The namespace the operator runs in (its Lease and HMAC key Secret live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "vaultsync-system")]
+    pub namespace: String,
+
+    /// Watch VaultSecrets in this namespace only (all namespaces when empty).
+    #[arg(long, env = "VAULTSYNC_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// This replica's identity for leader election.
+    #[arg(long, env = "POD_NAME", default_value = "vaultsync-operator")]
+    pub pod_name: String,
+
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, env = "VAULTSYNC_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Run only while holding the Lease, so two replicas never both write.
+    #[arg(long, env = "VAULTSYNC_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// The Lease name for leader election.
+    #[arg(long, env = "VAULTSYNC_LEASE_NAME", default_value = "vaultsync-operator")]
+    pub lease_name: String,
+
+    /// How long backend reads are shared between VaultSecrets that reference one object.
+    #[arg(long, env = "VAULTSYNC_CACHE_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub cache_window: Duration,
+
+    /// The request budget of a store that sets none: calls per second.
+    #[arg(long, env = "VAULTSYNC_DEFAULT_RPS", default_value_t = 50)]
+    pub default_requests_per_second: u32,
+
+    /// The request budget of a store that sets none: burst.
+    #[arg(long, env = "VAULTSYNC_DEFAULT_BURST", default_value_t = 100)]
+    pub default_burst: u32,
+
+    /// The managed identity token endpoint (instance metadata service).
+    #[arg(
+        long,
+        env = "VAULTSYNC_IMDS_ENDPOINT",
+        default_value = "http://169.254.169.254/metadata/identity/oauth2/token"
+    )]
+    pub imds_endpoint: String,
+
+    /// The Secret (in --namespace) holding the key of the data HMACs; created if missing.
+    #[arg(long, env = "VAULTSYNC_HMAC_SECRET", default_value = "vaultsync-hmac-key")]
+    pub hmac_secret: String,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
+    pub log_json: bool,
+}
+
+/// Parses Go-style durations as used in the CRDs: `90s`, `15m`, `1h30m`, `500ms`, `0`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {text:?}"));
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => Duration::from_nanos(1),
+            "us" => Duration::from_micros(1),
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            other => return Err(format!("invalid unit {other:?} in duration {text:?}")),
+        };
+        total = total.saturating_add(unit.saturating_mul(u32::try_from(value).unwrap_or(u32::MAX)));
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_like_the_crd_pattern_allows() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("1 hour").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! vaultsync's operator: reconciles `VaultSecret`s into Kubernetes Secrets from the stores they
+//! name, heals drift, and reports status, Events and metrics. `run` is the whole program; the
+//! binary only parses arguments and sets up logging.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod render;
+pub mod stores;
+pub mod vaultsecret;
+
+use std::sync::{Arc, atomic::AtomicBool};
+
+use anyhow::Context as _;
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use rand::RngCore as _;
+use tracing::info;
+use zeroize::Zeroizing;
+
+pub use args::Args;
+
+/// Runs the operator until SIGTERM/Ctrl-C, or until leadership is lost.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    run_with_client(client, args).await
+}
+
+/// Like `run`, with a given client (tests run the operator in process).
+pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
+    let metrics = metrics::Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.context("binding the metrics address")?;
+    tokio::spawn(http::serve(listener, metrics.clone(), ready.clone(), std::future::pending()));
+
+    let mut leadership = None;
+    if args.leader_elect {
+        let config = leader::LeaderConfig {
+            namespace: args.namespace.clone(),
+            lease_name: args.lease_name.clone(),
+            identity: args.pod_name.clone(),
+            lease_duration: std::time::Duration::from_secs(15),
+            renew_every: std::time::Duration::from_secs(5),
+            retry_every: std::time::Duration::from_secs(2),
+        };
+        // A standby replica is healthy and ready; it just does not write.
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        info!(lease = %args.lease_name, "waiting to become the leader");
+        leadership = Some(leader::acquire(client.clone(), config).await?);
+    }
+    let hmac_key = hmac_key(&client, &args).await?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    info!("vaultsync operator running");
+    let controller = vaultsecret::run(client, args, metrics, hmac_key);
+    match leadership {
+        Some(mut leadership) => {
+            tokio::select! {
+                () = controller => {}
+                () = leadership.lost() => anyhow::bail!("lost the leader lease; exiting so a new leader takes over"),
+            }
+            // Shutting down (SIGTERM): hand the Lease over now rather than after it expires.
+            leadership.release().await;
+            Ok(())
+        }
+        None => {
+            controller.await;
+            Ok(())
+        }
+    }
+}
+
+/// The installation's HMAC key (for status digests): read from its Secret, created on first start.
+async fn hmac_key(client: &Client, args: &Args) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
+    let read = |secret: Secret| secret.data.and_then(|mut d| d.remove("key")).map(|k| Zeroizing::new(k.0));
+    if let Some(key) = api.get_opt(&args.hmac_secret).await?.and_then(read) {
+        return Ok(key);
+    }
+    let mut key = Zeroizing::new(vec![0u8; 32]);
+    rand::rng().fill_bytes(&mut key);
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some(args.hmac_secret.clone()), ..Default::default() },
+        data: Some([("key".to_string(), ByteString(key.to_vec()))].into()),
+        immutable: Some(true),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(key),
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            api.get(&args.hmac_secret).await.ok().and_then(read).context("the HMAC key Secret exists but has no key")
+        }
+        Err(e) => Err(e).context("creating the HMAC key Secret"),
+    }
+}

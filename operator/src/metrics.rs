@@ -1,0 +1,279 @@
+//! The operator's Prometheus metrics, all named `vaultsync_*`, and their OpenMetrics encoding for `/metrics`.
+//! Labels carry only store names (`namespace/name`) and fixed words chosen by the caller, never secret
+//! values or object contents, so a scrape cannot leak a secret and label cardinality stays bounded.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendCallLabels {
+    store: String,
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    verb: String,
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    kind: String,
+    result: String,
+}
+
+/// Every metric the operator exports. Cheap to share: clone the `Arc` from [`Metrics::new`].
+#[derive(Debug)]
+pub struct Metrics {
+    // Everything is registered in `new` and never afterwards, so encoding needs only `&Registry`.
+    registry: Registry,
+    backend_calls: Family<BackendCallLabels, Counter>,
+    syncs: Family<ResultLabels, Counter>,
+    apiserver_writes: Family<WriteLabels, Counter>,
+    rollouts: Family<RolloutLabels, Counter>,
+    reconcile_duration: Histogram,
+    reconciles_in_flight: Gauge,
+    queue_depth: Gauge,
+    cache_reads: Arc<CacheReads>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `vaultsync` prefix.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("vaultsync");
+        let backend_calls = Family::<BackendCallLabels, Counter>::default();
+        registry.register(
+            "backend_calls",
+            "Calls to vault backends, by store (namespace/name), operation and outcome",
+            backend_calls.clone(),
+        );
+        let syncs = Family::<ResultLabels, Counter>::default();
+        registry.register("syncs", "VaultSecret sync attempts, by result", syncs.clone());
+        let apiserver_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "apiserver_writes",
+            "Writes the operator made to the Kubernetes API, by verb and resource",
+            apiserver_writes.clone(),
+        );
+        let rollouts = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Workload rollouts triggered by secret changes, by kind and result",
+            rollouts.clone(),
+        );
+        // 5 ms to about 41 s: a reconcile is usually one backend read and one apiserver write, but a
+        // throttled or retried backend can take tens of seconds.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time taken by one reconcile",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let reconciles_in_flight = Gauge::default();
+        registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Objects waiting to be reconciled", queue_depth.clone());
+        let cache_reads = Arc::new(CacheReads::default());
+        registry.register_collector(Box::new(cache_reads.clone()));
+        Arc::new(Self {
+            registry,
+            backend_calls,
+            syncs,
+            apiserver_writes,
+            rollouts,
+            reconcile_duration,
+            reconciles_in_flight,
+            queue_depth,
+            cache_reads,
+        })
+    }
+
+    /// Counts one backend call: `store` is the store's `namespace/name` (or its name for a cluster
+    /// store), `operation` and `outcome` are fixed words such as `get_secret` and `ok`.
+    pub fn backend_call(&self, store: &str, operation: &str, outcome: &str) {
+        let labels =
+            BackendCallLabels { store: store.to_owned(), operation: operation.to_owned(), outcome: outcome.to_owned() };
+        self.backend_calls.get_or_create(&labels).inc();
+    }
+
+    /// Counts one sync attempt; `result` is a fixed word such as `synced`, `unchanged` or `error_not_found`.
+    pub fn sync(&self, result: &str) {
+        self.syncs.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
+    }
+
+    /// Counts one write to the Kubernetes API, e.g. verb `update`, resource `secrets`.
+    pub fn apiserver_write(&self, verb: &str, resource: &str) {
+        self.apiserver_writes
+            .get_or_create(&WriteLabels { verb: verb.to_owned(), resource: resource.to_owned() })
+            .inc();
+    }
+
+    /// Starts timing one reconcile; dropping the timer records its duration, so every exit path
+    /// (including `?` and panics) is measured and the in-flight gauge always comes back down.
+    pub fn reconcile_timer(&self) -> ReconcileTimer {
+        self.reconciles_in_flight.inc();
+        ReconcileTimer {
+            started: Instant::now(),
+            duration: self.reconcile_duration.clone(),
+            in_flight: self.reconciles_in_flight.clone(),
+        }
+    }
+
+    /// Publishes the read cache's running totals (since process start) as the counter
+    /// `vaultsync_cache_reads_total{result="hit"|"coalesced"|"miss"}`.
+    ///
+    /// The cache keeps its own totals, so they are copied here as absolute values and reported through
+    /// a collector as const counters: Prometheus sees a true counter (rate() works) and no deltas have to
+    /// be tracked. Callers should pass totals that only grow.
+    pub fn set_cache_stats(&self, hits: u64, coalesced: u64, misses: u64) {
+        self.cache_reads.hits.store(hits, Ordering::Relaxed);
+        self.cache_reads.coalesced.store(coalesced, Ordering::Relaxed);
+        self.cache_reads.misses.store(misses, Ordering::Relaxed);
+    }
+
+    /// Sets the number of objects waiting to be reconciled.
+    pub fn set_queue_depth(&self, depth: i64) {
+        self.queue_depth.set(depth);
+    }
+
+    /// Counts one workload rollout, e.g. kind `Deployment`, result `restarted`.
+    pub fn rollout(&self, kind: &str, result: &str) {
+        self.rollouts.get_or_create(&RolloutLabels { kind: kind.to_owned(), result: result.to_owned() }).inc();
+    }
+
+    /// Every metric in the OpenMetrics text format, ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail and every label here is a plain string.
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("encoding metrics into a String cannot fail");
+        text
+    }
+}
+
+/// Measures one reconcile from [`Metrics::reconcile_timer`] until dropped.
+#[derive(Debug)]
+pub struct ReconcileTimer {
+    started: Instant,
+    duration: Histogram,
+    in_flight: Gauge,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+        self.in_flight.dec();
+    }
+}
+
+/// The read cache's totals, encoded on each scrape as `vaultsync_cache_reads_total{result}`.
+#[derive(Debug, Default)]
+struct CacheReads {
+    hits: AtomicU64,
+    coalesced: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Collector for CacheReads {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "cache_reads",
+            "Backend reads asked of the read cache, by result (hit, coalesced with a read in flight, miss)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (result, total) in [("hit", &self.hits), ("coalesced", &self.coalesced), ("miss", &self.misses)] {
+            let labels = [("result", result)];
+            ConstCounter::new(total.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_names_every_metric_with_its_labels() {
+        let metrics = Metrics::new();
+        metrics.backend_call("team-a/kv", "get_secret", "ok");
+        metrics.backend_call("team-a/kv", "get_secret", "ok");
+        metrics.sync("synced");
+        metrics.sync("error_not_found");
+        metrics.apiserver_write("update", "secrets");
+        metrics.rollout("Deployment", "restarted");
+        metrics.set_cache_stats(7, 3, 2);
+        metrics.set_queue_depth(4);
+        drop(metrics.reconcile_timer());
+
+        let text = metrics.encode();
+        for line in [
+            r#"vaultsync_backend_calls_total{store="team-a/kv",operation="get_secret",outcome="ok"} 2"#,
+            r#"vaultsync_syncs_total{result="synced"} 1"#,
+            r#"vaultsync_syncs_total{result="error_not_found"} 1"#,
+            r#"vaultsync_apiserver_writes_total{verb="update",resource="secrets"} 1"#,
+            r#"vaultsync_rollouts_total{kind="Deployment",result="restarted"} 1"#,
+            r#"vaultsync_cache_reads_total{result="hit"} 7"#,
+            r#"vaultsync_cache_reads_total{result="coalesced"} 3"#,
+            r#"vaultsync_cache_reads_total{result="miss"} 2"#,
+            "vaultsync_queue_depth 4",
+            "vaultsync_reconciles_in_flight 0",
+            "vaultsync_reconcile_duration_seconds_count 1",
+            "# TYPE vaultsync_cache_reads counter",
+            "# TYPE vaultsync_reconcile_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing line {line:?} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "not OpenMetrics-terminated:\n{text}");
+    }
+
+    #[test]
+    fn cache_stats_replace_rather_than_add() {
+        let metrics = Metrics::new();
+        metrics.set_cache_stats(1, 1, 1);
+        metrics.set_cache_stats(10, 5, 2);
+        let text = metrics.encode();
+        assert!(text.contains(r#"vaultsync_cache_reads_total{result="hit"} 10"#), "{text}");
+        assert!(text.contains(r#"vaultsync_cache_reads_total{result="coalesced"} 5"#), "{text}");
+    }
+
+    #[test]
+    fn reconcile_timer_tracks_in_flight_and_observes_on_drop() {
+        let metrics = Metrics::new();
+        let first = metrics.reconcile_timer();
+        let second = metrics.reconcile_timer();
+        assert_eq!(metrics.reconciles_in_flight.get(), 2);
+        drop(first);
+        assert_eq!(metrics.reconciles_in_flight.get(), 1);
+        drop(second);
+        assert_eq!(metrics.reconciles_in_flight.get(), 0);
+        let text = metrics.encode();
+        assert!(text.contains("vaultsync_reconcile_duration_seconds_count 2"), "{text}");
+    }
+}

@@ -1,0 +1,77 @@
+//! Backend calls are the currency: a restarted operator with nothing due reads nothing, and
+//! VaultSecrets that share an object share one read. Counted by the Key Vault test server.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Env, one_key};
+use vaultsync_e2e::keyvault::Op;
+
+#[tokio::test]
+async fn a_restarted_operator_with_nothing_due_reads_nothing() {
+    let mut env = Env::start("sched-restart").await;
+    for i in 0..5 {
+        env.vault.set_secret(&format!("obj-{i}"), &format!("value-{i}"));
+        env.apply_vault_secret(&format!("vs-{i}"), one_key("k", &format!("obj-{i}"))).await;
+    }
+    for i in 0..5 {
+        env.wait_reason(&format!("vs-{i}"), "Synced").await;
+    }
+    let reads = env.vault.calls(Op::GetSecret);
+    assert_eq!(reads, 5);
+
+    env.stop_operator().await;
+    let before: Vec<_> = futures_list(&env).await;
+    env.start_operator();
+    // Long enough for the new operator to list and reconcile every VaultSecret.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.vault.calls(Op::GetSecret), reads, "no backend call after a restart with nothing due");
+    assert_eq!(futures_list(&env).await, before, "no Secret was rewritten");
+
+    // A forced sync still reads, once.
+    env.annotate("vs-0", "vaultsync.dev/force-sync", "now").await;
+    env.vault.set_secret("obj-0", "rotated");
+    env.wait_secret_value("vs-0", "k", "rotated").await;
+    assert_eq!(env.vault.calls(Op::GetSecret), reads + 1);
+}
+
+/// The resourceVersions of the Secrets vs-0..vs-4.
+async fn futures_list(env: &Env) -> Vec<Option<String>> {
+    let mut versions = Vec::new();
+    for i in 0..5 {
+        versions.push(env.secret(&format!("vs-{i}")).await.and_then(|s| s.metadata.resource_version));
+    }
+    versions
+}
+
+#[tokio::test]
+async fn vault_secrets_sharing_an_object_share_one_read() {
+    let env = Env::start("sched-shared").await;
+    env.vault.set_secret("shared-object", "shared-value");
+    for i in 0..20 {
+        env.apply_vault_secret(&format!("consumer-{i}"), one_key("k", "shared-object")).await;
+    }
+    for i in 0..20 {
+        env.wait_secret_value(&format!("consumer-{i}"), "k", "shared-value").await;
+    }
+    assert_eq!(env.vault.calls(Op::GetSecret), 1, "20 VaultSecrets on one object: one read in the window");
+}
+
+#[tokio::test]
+async fn routine_refresh_follows_the_interval() {
+    let env = Env::start("sched-interval").await;
+    env.vault.set_secret("ticker", "one");
+    let mut spec = one_key("k", "ticker");
+    spec["refreshInterval"] = json!("2s");
+    env.apply_vault_secret("ticking", spec).await;
+    env.wait_secret_value("ticking", "k", "one").await;
+    env.vault.set_secret("ticker", "two");
+    // Routine refreshes may reuse a cached read, but never one older than the interval.
+    env.wait_secret_value("ticking", "k", "two").await;
+    let reads = env.vault.calls(Op::GetSecret);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let more = env.vault.calls(Op::GetSecret) - reads;
+    assert!((1..=4).contains(&more), "about one read per 2 s interval, saw {more} in 5 s");
+}

@@ -1,0 +1,224 @@
+//! Shared setup for the operator's integration tests: a fresh namespace on the real control
+//! plane, the Key Vault and Entra test servers, a store that uses workload identity, and the
+//! operator itself running in process, scoped to the test's namespace.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use clap::Parser as _;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::{
+    Api,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use vaultsync_api::{VaultSecret, VaultStore};
+use vaultsync_e2e::{
+    TestNamespace,
+    entra::{EntraServer, Federation},
+    eventually, install_crds,
+    keyvault::KeyVaultServer,
+    tls::TestCa,
+};
+use vaultsync_operator::Args;
+
+pub const READER_SA: &str = "vaultsync-reader";
+pub const CLIENT_ID: &str = "app-reader";
+
+/// Everything a test needs.
+pub struct Env {
+    pub ns: TestNamespace,
+    pub vault: KeyVaultServer,
+    pub entra: EntraServer,
+    operator: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.abort();
+        }
+    }
+}
+
+/// Log lines of every operator run in this test binary, to scan for secret values.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("log buffer poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info")
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    });
+}
+
+/// Fails if any of `values` appears in the captured operator logs.
+pub fn assert_logs_free_of(values: &[&str]) {
+    let logs = LOGS.get().expect("logs captured").lock().expect("log lock");
+    let text = String::from_utf8_lossy(&logs);
+    assert!(!text.is_empty(), "the operator logged nothing: the scan would prove nothing");
+    for value in values {
+        assert!(!text.contains(value), "a secret value appears in the logs");
+    }
+}
+
+impl Env {
+    /// A namespace with the reader service account, the test servers, a VaultStore `kv` using
+    /// workload identity, and the operator running.
+    pub async fn start(prefix: &str) -> Env {
+        capture_logs();
+        let ns = TestNamespace::new(prefix).await;
+        install_crds(&ns.client).await;
+        let accounts: Api<ServiceAccount> = ns.api();
+        let sa = ServiceAccount {
+            metadata: ObjectMeta { name: Some(READER_SA.into()), ..Default::default() },
+            ..Default::default()
+        };
+        accounts.create(&PostParams::default(), &sa).await.expect("service account");
+        let access_token = format!("token-for-{}", ns.name);
+        let federation = Federation {
+            client_id: CLIENT_ID.into(),
+            subject: format!("system:serviceaccount:{}:{READER_SA}", ns.name),
+            audience: "api://AzureADTokenExchange".into(),
+            access_token: access_token.clone(),
+        };
+        let entra = EntraServer::start(ns.client.clone(), vec![federation]).await.expect("entra");
+        let vault = KeyVaultServer::start().await.expect("vault");
+        vault.require_bearer(Some(access_token));
+        let mut env = Env { ns, vault, entra, operator: None };
+        env.apply_store("kv", env.store_spec()).await;
+        env.start_operator();
+        env
+    }
+
+    /// The spec of a store on the test vault, using workload identity with the reader account.
+    pub fn store_spec(&self) -> Value {
+        json!({ "provider": { "azureKeyVault": {
+            "vaultUrl": self.vault.url(),
+            "tenantId": "tenant-1",
+            "cloud": "Custom",
+            "authorityHost": self.entra.authority_host(),
+            "caBundle": TestCa::shared().ca_pem(),
+            "auth": { "workloadIdentity": { "serviceAccountRef": { "name": READER_SA }, "clientId": CLIENT_ID } },
+        }}})
+    }
+
+    pub fn operator_args(&self) -> Args {
+        Args::parse_from([
+            "vaultsync-operator",
+            "--namespace",
+            &self.ns.name,
+            "--watch-namespace",
+            &self.ns.name,
+            "--leader-elect",
+            "false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--pod-name",
+            "test-operator",
+        ])
+    }
+
+    pub fn start_operator(&mut self) {
+        let (client, args) = (self.ns.client.clone(), self.operator_args());
+        self.operator = Some(tokio::spawn(async move {
+            if let Err(e) = vaultsync_operator::run_with_client(client, args).await {
+                panic!("operator failed: {e:#}");
+            }
+        }));
+    }
+
+    pub async fn stop_operator(&mut self) {
+        if let Some(op) = self.operator.take() {
+            op.abort();
+            let _ = op.await;
+        }
+    }
+
+    pub async fn apply_store(&self, name: &str, spec: Value) {
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore",
+            "metadata": { "name": name }, "spec": spec });
+        self.ns
+            .api::<VaultStore>()
+            .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
+            .await
+            .expect("applying the store");
+    }
+
+    /// Applies a VaultSecret (as a user would, with kubectl apply).
+    pub async fn apply_vault_secret(&self, name: &str, spec: Value) {
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+            "metadata": { "name": name }, "spec": spec });
+        self.ns
+            .api::<VaultSecret>()
+            .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
+            .await
+            .expect("applying the VaultSecret");
+    }
+
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let patch = json!({ "metadata": { "annotations": { key: value } } });
+        self.ns
+            .api::<VaultSecret>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotating");
+    }
+
+    /// Waits for the VaultSecret's Ready condition to have `reason`; returns the VaultSecret.
+    pub async fn wait_reason(&self, name: &str, reason: &str) -> VaultSecret {
+        let api = self.ns.api::<VaultSecret>();
+        eventually(Duration::from_secs(20), &format!("VaultSecret {name} to be {reason}"), || {
+            let api = api.clone();
+            async move {
+                let vs = api.get(name).await.ok()?;
+                let ready = vs.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+                (ready.reason == reason).then_some(vs)
+            }
+        })
+        .await
+    }
+
+    /// Waits until Secret `name` has `key` = `value`.
+    pub async fn wait_secret_value(&self, name: &str, key: &str, value: &str) -> Secret {
+        let api = self.ns.api::<Secret>();
+        eventually(Duration::from_secs(20), &format!("Secret {name} to hold the expected {key}"), || {
+            let api = api.clone();
+            async move {
+                let secret = api.get_opt(name).await.ok()??;
+                let data = secret.data.as_ref()?;
+                (data.get(key)?.0 == value.as_bytes()).then_some(secret)
+            }
+        })
+        .await
+    }
+
+    pub async fn secret(&self, name: &str) -> Option<Secret> {
+        self.ns.api::<Secret>().get_opt(name).await.expect("reading the Secret")
+    }
+}
+
+pub fn one_key(secret_key: &str, object: &str) -> Value {
+    json!({ "storeRef": { "name": "kv" }, "data": [{ "secretKey": secret_key, "remoteRef": { "name": object } }] })
+}
