@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::{Backend, Error, FetchedSecret, ObjectRef, Result, SecretBytes, budget::RequestBudget, token::TokenSource};
 
-/// Called once per HTTP attempt with the operation and its outcome (`ok`, `not_found`,
+/// Called once per HTTP attempt with the operation (`get_secret`, `list_secrets`) and its outcome (`ok`, `not_found`,
 /// `throttled`, `server_error`, `transport_error`, `unauthorized`, `forbidden`, `other`).
 pub type CallObserver = Arc<dyn Fn(&'static str, &'static str) + Send + Sync>;
 
@@ -114,9 +114,9 @@ impl AzureKeyVault {
         self
     }
 
-    fn observe(&self, outcome: &'static str) {
+    fn observe(&self, operation: &'static str, outcome: &'static str) {
         if let Some(observer) = &self.observer {
-            observer("get_secret", outcome);
+            observer(operation, outcome);
         }
     }
 
@@ -131,6 +131,28 @@ impl AzureKeyVault {
             Some(v) => format!("{}/secrets/{}/{}", self.vault_url, encode(&object.name), encode(v)),
             None => format!("{}/secrets/{}", self.vault_url, encode(&object.name)),
         };
+        let response = self.call("get_secret", &url, &[], &object.to_string()).await?;
+        let bundle: SecretBundle = response
+            .json()
+            .await
+            .map_err(|_| Error::Protocol { message: format!("{object}: the answer is not a secret bundle") })?;
+        let version = bundle.id.rsplit('/').next().unwrap_or_default().to_string();
+        let value = bundle.value.ok_or_else(|| Error::Protocol { message: format!("{object} has no value") })?;
+        Ok(FetchedSecret {
+            value: SecretBytes::new(value.as_bytes().to_vec()),
+            version,
+            content_type: bundle.content_type,
+        })
+    }
+
+    /// One request with the budget, the token, and retries; a 200 answer is returned.
+    async fn call(
+        &self,
+        operation: &'static str,
+        url: &str,
+        query: &[(&str, &str)],
+        object: &str,
+    ) -> Result<reqwest::Response> {
         let mut refreshed_token = false;
         let mut attempt = 0;
         loop {
@@ -142,15 +164,16 @@ impl AzureKeyVault {
             let token = self.credential.token().await?;
             let sent = self
                 .http
-                .get(&url)
-                .query(&[("api-version", &self.api_version)])
+                .get(url)
+                .query(&[("api-version", self.api_version.as_str())])
+                .query(query)
                 .bearer_auth(token.secret.as_str())
                 .send()
                 .await;
             let response = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    self.observe("transport_error");
+                    self.observe(operation, "transport_error");
                     if last {
                         return Err(Error::Unavailable { message: describe(&e) });
                     }
@@ -161,21 +184,11 @@ impl AzureKeyVault {
             let status = response.status();
             match status {
                 StatusCode::OK => {
-                    self.observe("ok");
-                    let bundle: SecretBundle = response.json().await.map_err(|_| Error::Protocol {
-                        message: format!("{object}: the answer is not a secret bundle"),
-                    })?;
-                    let version = bundle.id.rsplit('/').next().unwrap_or_default().to_string();
-                    let value =
-                        bundle.value.ok_or_else(|| Error::Protocol { message: format!("{object} has no value") })?;
-                    return Ok(FetchedSecret {
-                        value: SecretBytes::new(value.as_bytes().to_vec()),
-                        version,
-                        content_type: bundle.content_type,
-                    });
+                    self.observe(operation, "ok");
+                    return Ok(response);
                 }
                 StatusCode::UNAUTHORIZED => {
-                    self.observe("unauthorized");
+                    self.observe(operation, "unauthorized");
                     // The first 401 may be a token that expired or was revoked: get a new one once.
                     if !refreshed_token {
                         refreshed_token = true;
@@ -185,18 +198,18 @@ impl AzureKeyVault {
                     return Err(Error::Unauthenticated { message: error_message(response).await });
                 }
                 StatusCode::FORBIDDEN => {
-                    self.observe("forbidden");
+                    self.observe(operation, "forbidden");
                     return Err(Error::Forbidden {
                         object: object.to_string(),
                         message: error_message(response).await,
                     });
                 }
                 StatusCode::NOT_FOUND => {
-                    self.observe("not_found");
+                    self.observe(operation, "not_found");
                     return Err(Error::NotFound { object: object.to_string() });
                 }
                 StatusCode::TOO_MANY_REQUESTS => {
-                    self.observe("throttled");
+                    self.observe(operation, "throttled");
                     let retry_after = retry_after(&response);
                     let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
                     if last || wait > self.retry.max_retry_after {
@@ -205,7 +218,7 @@ impl AzureKeyVault {
                     tokio::time::sleep(wait).await;
                 }
                 s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
-                    self.observe("server_error");
+                    self.observe(operation, "server_error");
                     if last {
                         return Err(Error::Unavailable { message: format!("{s}: {}", error_message(response).await) });
                     }
@@ -213,7 +226,7 @@ impl AzureKeyVault {
                     tokio::time::sleep(wait.min(self.retry.max_retry_after)).await;
                 }
                 s => {
-                    self.observe("other");
+                    self.observe(operation, "other");
                     return Err(Error::Protocol {
                         message: format!("{object}: {s}: {}", error_message(response).await),
                     });
@@ -230,6 +243,14 @@ impl Backend for AzureKeyVault {
 
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>> {
         Box::pin(self.get_secret(object))
+    }
+
+    /// Lists one secret name: needs a token and list permission, reads no value.
+    fn check(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let url = format!("{}/secrets", self.vault_url);
+            self.call("list_secrets", &url, &[("maxresults", "1")], "the secrets list").await.map(drop)
+        })
     }
 }
 

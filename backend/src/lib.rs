@@ -74,4 +74,7 @@ pub trait Backend: Send + Sync {
 
     /// Reads one object.
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>>;
+
+    /// Proves the store works: a token can be had and the vault answers (one cheap call).
+    fn check(&self) -> BoxFuture<'_, Result<()>>;
 }

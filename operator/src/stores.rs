@@ -52,6 +52,15 @@ impl StoreError {
             StoreError::ObjectNotAllowed { .. } => "ObjectNotAllowed",
         }
     }
+
+    /// The reason the store itself reports (a VaultSecret reports `StoreNotReady` instead).
+    pub fn store_reason(&self) -> &'static str {
+        match self {
+            StoreError::InvalidSpec { .. } => "InvalidSpec",
+            StoreError::Unavailable { .. } => "BackendUnavailable",
+            other => other.reason(),
+        }
+    }
 }
 
 /// A store a VaultSecret may use, with its backend.
@@ -162,6 +171,22 @@ impl Stores {
             }
         }
         Ok(matching)
+    }
+
+    /// Whether a store works: its backend can be built, a token had, and the vault answers.
+    pub async fn check(
+        &self,
+        key: &str,
+        generation: i64,
+        provider: &Provider,
+        budget: Option<&BudgetSpec>,
+        store_namespace: Option<&str>,
+    ) -> Result<(), (&'static str, String)> {
+        let backend = self
+            .backend(key, generation, provider, budget, store_namespace)
+            .await
+            .map_err(|e| (e.store_reason(), e.to_string()))?;
+        backend.check().await.map_err(|e| (e.reason(), e.to_string()))
     }
 
     async fn backend(

@@ -67,7 +67,7 @@ struct Written {
 
 pub struct Context {
     pub client: Client,
-    pub stores: Stores,
+    pub stores: Arc<Stores>,
     pub cache: ReadCache,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
@@ -154,10 +154,11 @@ impl Context {
         metrics: Arc<Metrics>,
         hmac_key: Zeroizing<Vec<u8>>,
         secrets: Store<PartialObjectMeta<Secret>>,
+        stores: Arc<Stores>,
     ) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(args.pod_name.clone()) };
         Self {
-            stores: Stores::new(client.clone(), args.clone(), metrics.clone()),
+            stores,
             cache: ReadCache::new(args.cache_window),
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -179,7 +180,7 @@ impl Context {
 
 /// Builds the controller for VaultSecrets (in `namespace`, or everywhere) and runs it until the
 /// stream ends.
-pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Zeroizing<Vec<u8>>) {
+pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Zeroizing<Vec<u8>>, stores: Arc<Stores>) {
     let (vaultsecrets, secrets_api, stores_api): (Api<VaultSecret>, Api<PartialObjectMeta<Secret>>, Api<VaultStore>) =
         match &args.watch_namespace {
             Some(ns) => (
@@ -205,7 +206,7 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
             .predicate_filter(spec_or_request_changed, Default::default());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone());
     let (by_store, by_cluster_store) = (reader.clone(), reader);
-    let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader));
+    let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores));
     controller
         .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
             let owner = secret.labels().get(OWNER_LABEL).cloned();

@@ -248,5 +248,5 @@ async fn store_problems_are_reported_and_fetch_nothing() {
     spec["storeRef"] = json!({ "name": "theirs" });
     env.apply_vault_secret("borrower", spec).await;
     env.wait_reason("borrower", "StoreNotReady").await;
-    assert_eq!(env.vault.total_calls(), 0, "nothing was fetched");
+    assert_eq!(env.vault.calls(Op::GetSecret), 0, "nothing was fetched");
 }

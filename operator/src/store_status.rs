@@ -1,0 +1,171 @@
+//! Store status: a `VaultStore` or `ClusterVaultStore` is `Ready` once its backend can be
+//! built, a token obtained and the vault answers one cheap call; otherwise the condition says
+//! why. Checked on every spec change and then every few minutes, never on our own status writes.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        predicates,
+        reflector::{self},
+        watcher::{self, watcher},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::warn;
+use vaultsync_api::{
+    ClusterVaultStore, Condition, StoreStatus, VaultStore,
+    condition::READY,
+    store::{Provider, RequestBudget},
+};
+
+use crate::{stores::Stores, vaultsecret::FIELD_MANAGER};
+
+/// The parts of a store this controller needs, for both kinds.
+trait StoreObject:
+    Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+{
+    const KIND: &'static str;
+    fn provider(&self) -> &Provider;
+    fn budget(&self) -> Option<&RequestBudget>;
+    fn status(&self) -> Option<&StoreStatus>;
+    /// The namespace whose accounts and Secrets a VaultStore uses; none for a cluster store.
+    fn own_namespace(&self) -> Option<String>;
+    fn api(&self, client: Client) -> Api<Self>;
+}
+
+impl StoreObject for VaultStore {
+    const KIND: &'static str = "VaultStore";
+    fn provider(&self) -> &Provider {
+        &self.spec.provider
+    }
+    fn budget(&self) -> Option<&RequestBudget> {
+        self.spec.budget.as_ref()
+    }
+    fn status(&self) -> Option<&StoreStatus> {
+        self.status.as_ref()
+    }
+    fn own_namespace(&self) -> Option<String> {
+        self.namespace()
+    }
+    fn api(&self, client: Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+}
+
+impl StoreObject for ClusterVaultStore {
+    const KIND: &'static str = "ClusterVaultStore";
+    fn provider(&self) -> &Provider {
+        &self.spec.provider
+    }
+    fn budget(&self) -> Option<&RequestBudget> {
+        self.spec.budget.as_ref()
+    }
+    fn status(&self) -> Option<&StoreStatus> {
+        self.status.as_ref()
+    }
+    fn own_namespace(&self) -> Option<String> {
+        None
+    }
+    fn api(&self, client: Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+#[error("writing the status of {object}: {source}")]
+pub struct Error {
+    object: String,
+    #[source]
+    source: kube::Error,
+}
+
+struct Context {
+    client: Client,
+    stores: Arc<Stores>,
+}
+
+/// Runs the status controllers: VaultStores (in `namespace`, or everywhere) and, for a
+/// cluster-wide operator only, ClusterVaultStores.
+pub async fn run(client: Client, namespace: Option<String>, stores: Arc<Stores>) {
+    let ctx = Arc::new(Context { client: client.clone(), stores });
+    let namespaced = match &namespace {
+        Some(ns) => Api::<VaultStore>::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let vault_stores = controller(namespaced, ctx.clone());
+    if namespace.is_some() {
+        // A namespace-scoped operator does not own the status of cluster-scoped stores.
+        vault_stores.await;
+    } else {
+        futures::join!(vault_stores, controller(Api::<ClusterVaultStore>::all(client), ctx));
+    }
+}
+
+async fn controller<K: StoreObject>(api: Api<K>, ctx: Arc<Context>) {
+    let (reader, writer) = reflector::store();
+    let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(events, reader)
+        .shutdown_on_signal()
+        .run(
+            reconcile::<K>,
+            |store, error, _| {
+                warn!(store = %store.name_any(), %error, "store status update failed");
+                Action::requeue(Duration::from_secs(30))
+            },
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = store.name_any();
+    let namespace = store.own_namespace();
+    let key = match &namespace {
+        Some(ns) => format!("{}/{ns}/{name}", K::KIND),
+        None => format!("{}/{name}", K::KIND),
+    };
+    let generation = store.meta().generation.unwrap_or_default();
+    let checked = ctx.stores.check(&key, generation, store.provider(), store.budget(), namespace.as_deref()).await;
+    let (status, reason, message, retry) = match checked {
+        Ok(()) => ("True", "Valid", "a token was obtained and the vault answered".to_string(), 600),
+        Err((reason, message)) => ("False", reason, message, 60),
+    };
+    let old = store.status().cloned().unwrap_or_default();
+    let previous = old.conditions.iter().find(|c| c.type_ == READY);
+    let unchanged = previous.is_some_and(|p| p.status == status && p.reason == reason && p.message == message)
+        && old.observed_generation == Some(generation);
+    if !unchanged {
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => Timestamp::now().to_string(),
+        };
+        let condition = Condition {
+            type_: READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time,
+            observed_generation: Some(generation),
+        };
+        let new_status = StoreStatus { conditions: vec![condition], observed_generation: Some(generation) };
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": K::KIND, "status": new_status });
+        store
+            .api(ctx.client.clone())
+            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error { object: key.clone(), source })?;
+    }
+    Ok(Action::requeue(Duration::from_secs(retry)))
+}
