@@ -29,6 +29,10 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_LEASE_NAME", default_value = "vaultsync-operator")]
     pub lease_name: String,
 
+    /// How long a leader's Lease lasts without renewal (renewed every third of it).
+    #[arg(long, env = "VAULTSYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
     /// How long backend reads are shared between VaultSecrets that reference one object.
     #[arg(long, env = "VAULTSYNC_CACHE_WINDOW", default_value = "30s", value_parser = parse_duration)]
     pub cache_window: Duration,

@@ -45,9 +45,9 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
             namespace: args.namespace.clone(),
             lease_name: args.lease_name.clone(),
             identity: args.pod_name.clone(),
-            lease_duration: std::time::Duration::from_secs(15),
-            renew_every: std::time::Duration::from_secs(5),
-            retry_every: std::time::Duration::from_secs(2),
+            lease_duration: args.lease_duration,
+            renew_every: args.lease_duration / 3,
+            retry_every: (args.lease_duration / 7).max(std::time::Duration::from_millis(100)),
         };
         // A standby replica is healthy and ready; it just does not write.
         ready.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -37,7 +37,7 @@ use vaultsync_api::{
     condition::READY,
     secret::{CreationPolicy, DeletionPolicy, StoreKind},
 };
-use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes, cache::ReadCache};
+use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes, budget, cache::ReadCache};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -205,8 +205,9 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
             .applied_objects()
             .predicate_filter(spec_or_request_changed, Default::default());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone());
-    let (by_store, by_cluster_store) = (reader.clone(), reader);
+    let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader);
     let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores));
+    tokio::spawn(report_backlog(ctx.clone(), by_backlog));
     controller
         .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
             let owner = secret.labels().get(OWNER_LABEL).cloned();
@@ -222,6 +223,29 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// Publishes, every few seconds, how many VaultSecrets wait for work (new, changed, or past
+/// their refresh time by more than 10 s) and how the cache served reads.
+async fn report_backlog(ctx: Arc<Context>, store: Store<VaultSecret>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let late = Timestamp::now() - SignedDuration::from_secs(10);
+        let waiting = store
+            .state()
+            .iter()
+            .filter(|vs| {
+                let status = vs.status.clone().unwrap_or_default();
+                status.observed_generation != vs.metadata.generation
+                    || timestamp(status.refresh_time.as_deref()).is_some_and(|at| at < late)
+            })
+            .count();
+        ctx.metrics.set_queue_depth(i64::try_from(waiting).unwrap_or(i64::MAX));
+        let stats = &ctx.cache.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.set_cache_stats(load(&stats.hits), load(&stats.coalesced), load(&stats.misses));
+    }
 }
 
 /// Changes that call for a reconcile: a new spec (generation), a force-sync annotation,
@@ -361,7 +385,10 @@ impl Reconcile for VaultSecret {
             let (cache, backend) = (&ctx.cache, store.backend.clone());
             async move { cache.get(backend.as_ref(), &object, max_age).await }
         });
-        let fetched = match try_join_all(reads).await {
+        // Scheduled re-reads yield the store's budget to new, changed and forced VaultSecrets.
+        let routine = !forced && !changed && !failing;
+        let fetched = if routine { budget::routine(try_join_all(reads)).await } else { try_join_all(reads).await };
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(e) => return self.not_synced(ctx, e.into()).await,
         };

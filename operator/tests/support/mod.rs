@@ -33,6 +33,8 @@ pub const CLIENT_ID: &str = "app-reader";
 /// Everything a test needs.
 pub struct Env {
     pub ns: TestNamespace,
+    /// Where the operator serves /metrics, /healthz and /readyz.
+    pub metrics_port: u16,
     pub vault: KeyVaultServer,
     pub entra: EntraServer,
     operator: Option<tokio::task::JoinHandle<()>>,
@@ -112,7 +114,8 @@ impl Env {
         let entra = EntraServer::start(ns.client.clone(), vec![federation]).await.expect("entra");
         let vault = KeyVaultServer::start().await.expect("vault");
         vault.require_bearer(Some(access_token));
-        let mut env = Env { ns, vault, entra, operator: None };
+        let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
+        let mut env = Env { ns, metrics_port, vault, entra, operator: None };
         env.apply_store("kv", env.store_spec()).await;
         env.start_operator();
         env
@@ -140,14 +143,19 @@ impl Env {
             "--leader-elect",
             "false",
             "--metrics-addr",
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{}", self.metrics_port),
             "--pod-name",
             "test-operator",
         ])
     }
 
     pub fn start_operator(&mut self) {
-        let (client, args) = (self.ns.client.clone(), self.operator_args());
+        let args = self.operator_args();
+        self.start_operator_with(args);
+    }
+
+    pub fn start_operator_with(&mut self, args: Args) {
+        let client = self.ns.client.clone();
         self.operator = Some(tokio::spawn(async move {
             if let Err(e) = vaultsync_operator::run_with_client(client, args).await {
                 panic!("operator failed: {e:#}");
@@ -222,6 +230,38 @@ impl Env {
 
     pub async fn secret(&self, name: &str) -> Option<Secret> {
         self.ns.api::<Secret>().get_opt(name).await.expect("reading the Secret")
+    }
+}
+
+impl Env {
+    /// GETs a path of the operator's HTTP endpoint; returns the status code and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_port, path).await
+    }
+}
+
+/// The sum of every sample of the metrics whose lines start with `prefix`, on `port`.
+pub async fn metric_sum(port: u16, prefix: &str) -> u64 {
+    let (_, body) = http_get(port, "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// GETs a path of an operator's HTTP endpoint on `port`; returns the status code and body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        let code = answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
     }
 }
 
