@@ -37,7 +37,11 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.context("binding the metrics address")?;
-    tokio::spawn(http::serve(listener, metrics.clone(), ready.clone(), std::future::pending()));
+    // The endpoint stops when this function returns or its future is dropped.
+    let (_stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(http::serve(listener, metrics.clone(), ready.clone(), async move {
+        let _ = http_stopped.await;
+    }));
 
     let mut leadership = None;
     if args.leader_elect {

@@ -207,8 +207,8 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
     let controller = Controller::for_stream(vaultsecret_events, reader.clone());
     let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader);
     let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores));
-    tokio::spawn(report_backlog(ctx.clone(), by_backlog));
-    controller
+    let backlog = report_backlog(ctx.clone(), by_backlog);
+    let controller = controller
         .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
             let owner = secret.labels().get(OWNER_LABEL).cloned();
             owner.map(|name| ObjectRef::new(&name).within(&secret.namespace().unwrap_or_default()))
@@ -221,8 +221,12 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+    // The backlog reporter lives exactly as long as the controller.
+    tokio::select! {
+        () = controller => {}
+        () = backlog => {}
+    }
 }
 
 /// Publishes, every few seconds, how many VaultSecrets wait for work (new, changed, or past
