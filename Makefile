@@ -31,7 +31,7 @@ lint:
 
 ## demo: a local control plane and backend servers to try vaultsync against (Ctrl-C stops)
 demo: tools
-	$(CARGO) run --locked -q -p vaultsync-e2e --bin vaultsync-testenv
+	$(CARGO) run --locked -q -p vaultsync-tools --bin vaultsync-demo
 
 ## clean-cache: remove every build cache and installed tool
 clean-cache:

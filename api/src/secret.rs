@@ -42,10 +42,47 @@ pub struct VaultSecretSpec {
     pub data: Vec<SecretData>,
     #[serde(default)]
     pub target: Target,
+    /// Workloads rolled when the Secret's content changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 fn default_refresh_interval() -> String {
     "1h".to_string()
+}
+
+/// Which workloads to roll when the content changes, and how long to wait for more changes.
+/// Besides `targets`, workloads labelled `vaultsync.dev/reload: "true"` that use the Secret
+/// (env, envFrom, secret or projected volumes) are rolled.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub targets: Vec<RolloutTarget>,
+    /// Changes within this window give one rollout.
+    #[serde(default = "default_debounce")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub debounce: String,
+}
+
+fn default_debounce() -> String {
+    "5s".to_string()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTarget {
+    pub kind: WorkloadKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
 }
 
 /// The store a VaultSecret reads from.
@@ -173,6 +210,10 @@ pub struct VaultSecretStatus {
     /// without revealing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hmac: Option<String>,
+    /// When the content last changed from one synced value to another (RFC 3339); not set by
+    /// the first sync. Workloads created before it and not yet rolled are rolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_changed_at: Option<String>,
     /// The last `vaultsync.dev/force-sync` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_sync: Option<String>,

@@ -8,6 +8,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod render;
+pub mod rollout;
 pub mod store_status;
 pub mod stores;
 pub mod vaultsecret;
@@ -63,7 +64,7 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     info!("vaultsync operator running");
     let stores = Arc::new(stores::Stores::new(client.clone(), args.clone(), metrics.clone()));
     let store_status = store_status::run(client.clone(), args.watch_namespace.clone(), stores.clone());
-    let vault_secrets = vaultsecret::run(client, args, metrics, hmac_key, stores);
+    let (_refresh, vault_secrets) = vaultsecret::controller(client, args, metrics, hmac_key, stores);
     let controller = async {
         futures::join!(vault_secrets, store_status);
     };

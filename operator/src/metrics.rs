@@ -55,6 +55,7 @@ pub struct Metrics {
     syncs: Family<ResultLabels, Counter>,
     apiserver_writes: Family<WriteLabels, Counter>,
     rollouts: Family<RolloutLabels, Counter>,
+    rollout_latency: Histogram,
     reconcile_duration: Histogram,
     reconciles_in_flight: Gauge,
     queue_depth: Gauge,
@@ -85,6 +86,15 @@ impl Metrics {
             "Workload rollouts triggered by secret changes, by kind and result",
             rollouts.clone(),
         );
+        // 0.5 s to about 17 min: from a content change to the workload's template patch, which
+        // includes the debounce window.
+        let rollout_latency = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        registry.register_with_unit(
+            "rollout_latency",
+            "Time from a secret content change to the rollout of a workload that uses it",
+            Unit::Seconds,
+            rollout_latency.clone(),
+        );
         // 5 ms to about 41 s: a reconcile is usually one backend read and one apiserver write, but a
         // throttled or retried backend can take tens of seconds.
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
@@ -106,6 +116,7 @@ impl Metrics {
             syncs,
             apiserver_writes,
             rollouts,
+            rollout_latency,
             reconcile_duration,
             reconciles_in_flight,
             queue_depth,
@@ -161,7 +172,12 @@ impl Metrics {
         self.queue_depth.set(depth);
     }
 
-    /// Counts one workload rollout, e.g. kind `Deployment`, result `restarted`.
+    /// Observes the seconds from a content change to a rollout.
+    pub fn rollout_latency(&self, seconds: f64) {
+        self.rollout_latency.observe(seconds);
+    }
+
+    /// Counts one workload rollout, e.g. kind `Deployment`, result `rolled`.
     pub fn rollout(&self, kind: &str, result: &str) {
         self.rollouts.get_or_create(&RolloutLabels { kind: kind.to_owned(), result: result.to_owned() }).inc();
     }

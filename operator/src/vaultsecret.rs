@@ -31,6 +31,7 @@ use kube::{
 };
 use rand::Rng as _;
 use serde_json::json;
+use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 use vaultsync_api::{
     ClusterVaultStore, Condition, VaultSecret, VaultSecretStatus, VaultStore,
@@ -45,6 +46,7 @@ use crate::{
     args::parse_duration,
     metrics::Metrics,
     render::{self, RenderError, SecretData},
+    rollout::Rollouts,
     stores::{StoreError, Stores},
 };
 
@@ -76,7 +78,10 @@ pub struct Context {
     written: Mutex<HashMap<(String, String), Written>>,
     /// The last status this process wrote per VaultSecret: the object a reconcile gets may not
     /// show it yet, and acting on the older status would read the vault twice.
-    statuses: Mutex<HashMap<(String, String), VaultSecretStatus>>,
+    statuses: Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>>,
+    rollouts: Arc<Rollouts>,
+    /// VaultSecrets a vault event asked to refresh now.
+    requested: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -155,8 +160,20 @@ impl Context {
         hmac_key: Zeroizing<Vec<u8>>,
         secrets: Store<PartialObjectMeta<Secret>>,
         stores: Arc<Stores>,
+        vaultsecrets: Store<VaultSecret>,
     ) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(args.pod_name.clone()) };
+        let statuses: Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>> = Arc::default();
+        let rollout_reporter =
+            Reporter { controller: "vaultsync-rollout".into(), instance: Some(args.pod_name.clone()) };
+        let rollouts = Rollouts::new(
+            client.clone(),
+            metrics.clone(),
+            Recorder::new(client.clone(), rollout_reporter),
+            hmac_key.to_vec(),
+            vaultsecrets,
+            statuses.clone(),
+        );
         Self {
             stores,
             cache: ReadCache::new(args.cache_window),
@@ -166,7 +183,9 @@ impl Context {
             hmac_key,
             secrets,
             written: Mutex::default(),
-            statuses: Mutex::default(),
+            statuses,
+            rollouts: Arc::new(rollouts),
+            requested: Mutex::default(),
         }
     }
 
@@ -178,9 +197,74 @@ impl Context {
     }
 }
 
-/// Builds the controller for VaultSecrets (in `namespace`, or everywhere) and runs it until the
-/// stream ends.
-pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Zeroizing<Vec<u8>>, stores: Arc<Stores>) {
+/// Asks for an immediate refresh of the VaultSecrets that read a given vault object (used by
+/// vault event deliveries). Each object costs at most one backend read, however many
+/// VaultSecrets read it: the cache entry is dropped once and the refreshes share the new read.
+#[derive(Clone)]
+pub struct RefreshTrigger {
+    client: Client,
+    namespace: Option<String>,
+    vaultsecrets: Store<VaultSecret>,
+    ctx: Arc<Context>,
+    sender: mpsc::UnboundedSender<ObjectRef<VaultSecret>>,
+}
+
+impl RefreshTrigger {
+    /// `vault_url` as in a store's `vaultUrl`; returns how many VaultSecrets were asked to refresh.
+    pub async fn vault_object_changed(&self, vault_url: &str, object: &str) -> Result<usize, kube::Error> {
+        let wanted = vault_url.trim_end_matches('/').to_ascii_lowercase();
+        let same_vault = |provider: &vaultsync_api::store::Provider| {
+            provider
+                .azure_key_vault
+                .as_ref()
+                .is_some_and(|a| a.vault_url.trim_end_matches('/').to_ascii_lowercase() == wanted)
+        };
+        let namespaced: Api<VaultStore> = match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let mut stores = std::collections::HashSet::new();
+        for store in
+            namespaced.list(&Default::default()).await?.items.into_iter().filter(|s| same_vault(&s.spec.provider))
+        {
+            stores.insert((StoreKind::VaultStore, store.namespace(), store.name_any()));
+        }
+        let cluster = Api::<ClusterVaultStore>::all(self.client.clone()).list(&Default::default()).await?;
+        for store in cluster.items.into_iter().filter(|s| same_vault(&s.spec.provider)) {
+            stores.insert((StoreKind::ClusterVaultStore, None, store.name_any()));
+        }
+        let readers: Vec<_> = self
+            .vaultsecrets
+            .state()
+            .into_iter()
+            .filter(|vs| {
+                let kind = vs.spec.store_ref.kind;
+                let namespace = (kind == StoreKind::VaultStore).then(|| vs.namespace()).flatten();
+                stores.contains(&(kind, namespace, vs.spec.store_ref.name.clone()))
+                    && vs.spec.data.iter().any(|d| d.remote_ref.name.eq_ignore_ascii_case(object))
+            })
+            .collect();
+        if !readers.is_empty() {
+            self.ctx.cache.invalidate(object);
+        }
+        for vs in &readers {
+            let key = (vs.namespace().unwrap_or_default(), vs.name_any());
+            self.ctx.requested.lock().expect("requested lock").insert(key);
+            let _ = self.sender.send(ObjectRef::from_obj(vs.as_ref()));
+        }
+        Ok(readers.len())
+    }
+}
+
+/// Builds the controller for VaultSecrets (in `namespace`, or everywhere): a trigger for vault
+/// events, and the future that runs the controller until shutdown.
+pub fn controller(
+    client: Client,
+    args: Args,
+    metrics: Arc<Metrics>,
+    hmac_key: Zeroizing<Vec<u8>>,
+    stores: Arc<Stores>,
+) -> (RefreshTrigger, impl Future<Output = ()>) {
     let (vaultsecrets, secrets_api, stores_api): (Api<VaultSecret>, Api<PartialObjectMeta<Secret>>, Api<VaultStore>) =
         match &args.watch_namespace {
             Some(ns) => (
@@ -205,9 +289,18 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
             .applied_objects()
             .predicate_filter(spec_or_request_changed, Default::default());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone());
-    let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader);
-    let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores));
-    let backlog = report_backlog(ctx.clone(), by_backlog);
+    let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader.clone());
+    let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores, reader));
+    let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone());
+    let backlog = report_backlog(ctx.clone(), by_backlog.clone());
+    let (sender, requests) = mpsc::unbounded_channel();
+    let trigger = RefreshTrigger {
+        client: client.clone(),
+        namespace: args.watch_namespace.clone(),
+        vaultsecrets: by_backlog,
+        ctx: ctx.clone(),
+        sender,
+    };
     let controller = controller
         .watches_stream(secret_events, |secret: PartialObjectMeta<Secret>| {
             let owner = secret.labels().get(OWNER_LABEL).cloned();
@@ -219,14 +312,19 @@ pub async fn run(client: Client, args: Args, metrics: Arc<Metrics>, hmac_key: Ze
         .watches(Api::<ClusterVaultStore>::all(client), watcher::Config::default(), move |store: ClusterVaultStore| {
             referencing(&by_cluster_store, StoreKind::ClusterVaultStore, &store.name_any(), None)
         })
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(requests))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
     // The backlog reporter lives exactly as long as the controller.
-    tokio::select! {
-        () = controller => {}
-        () = backlog => {}
-    }
+    let run = async move {
+        tokio::select! {
+            () = controller => {}
+            () = backlog => {}
+            () = rollouts => {}
+        }
+    };
+    (trigger, run)
 }
 
 /// Publishes, every few seconds, how many VaultSecrets wait for work (new, changed, or past
@@ -339,6 +437,8 @@ impl Reconcile for VaultSecret {
         let force = self.annotations().get(FORCE_SYNC).cloned();
         let forced = force.is_some() && force != status.force_sync;
         let changed = status.observed_generation != self.metadata.generation;
+        // A vault event said an object changed: read it (through the cache, which the event emptied).
+        let requested = ctx.requested.lock().expect("requested lock").remove(&(namespace.clone(), self.name_any()));
         // A VaultSecret that is not Ready retries the vault (with the failure's backoff).
         let failing = !status.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
         let due = match timestamp(status.refresh_time.as_deref()) {
@@ -355,6 +455,7 @@ impl Reconcile for VaultSecret {
             && !changed
             && !due
             && !failing
+            && !requested
             && let Some(expected) = status.data_hmac.as_deref()
         {
             if self.secret_matches(ctx, &target, expected).await? {
@@ -390,7 +491,7 @@ impl Reconcile for VaultSecret {
             async move { cache.get(backend.as_ref(), &object, max_age).await }
         });
         // Scheduled re-reads yield the store's budget to new, changed and forced VaultSecrets.
-        let routine = !forced && !changed && !failing;
+        let routine = !forced && !changed && !failing && !requested;
         let fetched = if routine { budget::routine(try_join_all(reads)).await } else { try_join_all(reads).await };
         let fetched = match fetched {
             Ok(fetched) => fetched,
@@ -439,9 +540,17 @@ impl Reconcile for VaultSecret {
             refresh_time: (!interval.is_zero()).then(|| refresh.to_string()),
             versions,
             data_hmac: Some(hmac),
+            content_changed_at: if content_changed && status.data_hmac.is_some() {
+                Some(now.to_string())
+            } else {
+                status.content_changed_at.clone()
+            },
             force_sync: force,
         };
         self.patch_status(ctx, &new_status).await?;
+        if content_changed {
+            ctx.rollouts.vault_secret_synced(self, &target);
+        }
         Ok(if interval.is_zero() {
             Action::await_change()
         } else {

@@ -1,0 +1,385 @@
+//! Rollouts: when a VaultSecret's content changes, the workloads that use it get a new pod
+//! template annotation (a keyed HMAC of the content they depend on), so their controllers roll
+//! them once. Same content, no patch: not on the first sync, not after an operator restart,
+//! not on a routine refresh, not when a GitOps tool re-applies the manifest. Changes within the
+//! debounce window give one rollout.
+//!
+//! Targets are a VaultSecret's `spec.rollout.targets` and workloads labelled
+//! `vaultsync.dev/reload: "true"` that reference its Secret. Only labelled workloads are watched
+//! (label-filtered); explicit targets are read when needed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::{api::core::v1::PodSpec, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder},
+        reflector::{self, Store},
+        watcher::{self, watcher},
+    },
+};
+use serde_json::json;
+use tokio::{sync::Notify, time::Instant};
+use tracing::{info, warn};
+use vaultsync_api::{
+    VaultSecret, VaultSecretStatus,
+    secret::{Rollout, WorkloadKind},
+};
+use vaultsync_backend::SecretBytes;
+
+use crate::{
+    args::parse_duration,
+    metrics::Metrics,
+    render::{SecretData, data_hmac},
+};
+
+pub const RELOAD_LABEL: &str = "vaultsync.dev/reload";
+/// On the pod template: the content hash the pods were started with.
+pub const TEMPLATE_ANNOTATION: &str = "vaultsync.dev/content-hash";
+/// On the workload: the content hash last applied or recorded (a baseline, which rolls nothing).
+pub const OBSERVED_ANNOTATION: &str = "vaultsync.dev/observed-content-hash";
+pub const FIELD_MANAGER: &str = "vaultsync-rollout";
+const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(5);
+
+/// A workload in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+type Statuses = Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>>;
+
+pub struct Rollouts {
+    client: Client,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    hmac_key: Vec<u8>,
+    vaultsecrets: Store<VaultSecret>,
+    /// The latest status written per VaultSecret (the reflector may not show it yet).
+    statuses: Statuses,
+    labelled: Mutex<HashMap<WorkloadKind, Store<DynamicObject>>>,
+    /// Workloads to check and when (trailing debounce).
+    pending: Mutex<BTreeMap<Workload, Instant>>,
+    wake: Notify,
+}
+
+fn resource(kind: WorkloadKind) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", kind_name(kind)))
+}
+
+fn kind_name(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::Deployment => "Deployment",
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::DaemonSet => "DaemonSet",
+    }
+}
+
+const KINDS: [WorkloadKind; 3] = [WorkloadKind::Deployment, WorkloadKind::StatefulSet, WorkloadKind::DaemonSet];
+
+impl Rollouts {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        hmac_key: Vec<u8>,
+        vaultsecrets: Store<VaultSecret>,
+        statuses: Statuses,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            recorder,
+            hmac_key,
+            vaultsecrets,
+            statuses,
+            labelled: Mutex::default(),
+            pending: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Watches labelled workloads (in `namespace`, or everywhere) and runs the debounced checks.
+    pub fn run(self: Arc<Self>, namespace: Option<String>) -> BoxFuture<'static, ()> {
+        let mut watches = Vec::new();
+        for kind in KINDS {
+            let api: Api<DynamicObject> = match &namespace {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource(kind)),
+                None => Api::all_with(self.client.clone(), &resource(kind)),
+            };
+            let writer = reflector::store::Writer::new(resource(kind));
+            let reader = writer.as_reader();
+            self.labelled.lock().expect("labelled lock").insert(kind, reader);
+            let config = watcher::Config::default().labels(&format!("{RELOAD_LABEL}=true"));
+            let this = self.clone();
+            // A labelled workload that appears or changes is checked (its baseline recorded).
+            let events = reflector::reflector(writer, watcher(api, config))
+                .default_backoff()
+                .applied_objects()
+                .for_each(move |object| {
+                    if let Ok(object) = object {
+                        let workload = Workload {
+                            kind,
+                            namespace: object.namespace().unwrap_or_default(),
+                            name: object.name_any(),
+                        };
+                        this.schedule(workload, Duration::ZERO);
+                    }
+                    futures::future::ready(())
+                });
+            watches.push(Box::pin(events) as BoxFuture<'static, ()>);
+        }
+        Box::pin(async move {
+            tokio::select! {
+                _ = futures::future::join_all(watches) => {}
+                () = self.work() => {}
+            }
+        })
+    }
+
+    /// A VaultSecret synced (first time or new content): check the workloads that use it after
+    /// its debounce window.
+    pub fn vault_secret_synced(&self, vs: &VaultSecret, secret_name: &str) {
+        let namespace = vs.namespace().unwrap_or_default();
+        let debounce = debounce_of(vs.spec.rollout.as_ref());
+        let mut workloads: BTreeSet<Workload> = vs
+            .spec
+            .rollout
+            .iter()
+            .flat_map(|r| r.targets.iter())
+            .map(|t| Workload { kind: t.kind, namespace: namespace.clone(), name: t.name.clone() })
+            .collect();
+        for (kind, store) in self.labelled.lock().expect("labelled lock").iter() {
+            for object in store.state() {
+                if object.namespace().as_deref() == Some(namespace.as_str())
+                    && pod_spec(&object).is_some_and(|spec| references_secret(&spec, secret_name))
+                {
+                    workloads.insert(Workload { kind: *kind, namespace: namespace.clone(), name: object.name_any() });
+                }
+            }
+        }
+        for workload in workloads {
+            self.schedule(workload, debounce);
+        }
+    }
+
+    /// Trailing debounce: each new request moves the check to `delay` from now.
+    fn schedule(&self, workload: Workload, delay: Duration) {
+        self.pending.lock().expect("pending lock").insert(workload, Instant::now() + delay);
+        self.wake.notify_one();
+    }
+
+    async fn work(&self) {
+        loop {
+            let next = self.pending.lock().expect("pending lock").values().min().copied();
+            let wait = next.map(|at| at.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                () = self.wake.notified() => continue,
+                () = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))) => {}
+            }
+            let now = Instant::now();
+            let due: Vec<Workload> = {
+                let mut pending = self.pending.lock().expect("pending lock");
+                let due: Vec<_> = pending.iter().filter(|(_, at)| **at <= now).map(|(w, _)| w.clone()).collect();
+                for workload in &due {
+                    pending.remove(workload);
+                }
+                due
+            };
+            for workload in due {
+                if let Err(e) = self.check(&workload).await {
+                    warn!(?workload, error = %e, "rollout check failed; retrying");
+                    self.metrics.rollout(kind_name(workload.kind), "error");
+                    self.schedule(workload, Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Compares the content the workload depends on with what it last saw, and rolls it (or
+    /// records a baseline) as needed.
+    async fn check(&self, workload: &Workload) -> Result<(), kube::Error> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &workload.namespace, &resource(workload.kind));
+        let Some(object) = api.get_opt(&workload.name).await? else { return Ok(()) };
+        let Some(spec) = pod_spec(&object) else { return Ok(()) };
+        let labelled = object.labels().get(RELOAD_LABEL).map(String::as_str) == Some("true");
+        let (desired, changed_at, sources) = self.desired(workload, &spec, labelled);
+        let Some(desired) = desired else { return Ok(()) };
+        let observed = object.annotations().get(OBSERVED_ANNOTATION).cloned();
+        if observed.as_deref() == Some(desired.as_str()) {
+            return Ok(());
+        }
+        let kind = kind_name(workload.kind);
+        // No record yet: the pods are current unless the workload predates the last change.
+        let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let stale = match (observed.as_ref(), changed_at, created) {
+            (Some(_), _, _) => true,
+            (None, Some(changed), Some(created)) => created < changed,
+            (None, _, _) => false,
+        };
+        let mut body = json!({
+            "apiVersion": "apps/v1", "kind": kind,
+            "metadata": { "name": workload.name, "annotations": { OBSERVED_ANNOTATION: desired } },
+        });
+        if stale {
+            if object.data["spec"]["paused"].as_bool() == Some(true) {
+                self.event(
+                    &object,
+                    workload,
+                    EventType::Warning,
+                    "RolloutSkipped",
+                    format!(
+                        "Secret content changed ({}) but the {kind} is paused; it rolls when resumed",
+                        sources.join(", ")
+                    ),
+                )
+                .await;
+                self.metrics.rollout(kind, "paused");
+                self.schedule(workload.clone(), Duration::from_secs(30));
+                return Ok(());
+            }
+            body["spec"] = json!({ "template": { "metadata": { "annotations": { TEMPLATE_ANNOTATION: desired } } } });
+        }
+        api.patch(&workload.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+        self.metrics.apiserver_write("apply", &format!("{}s", kind.to_ascii_lowercase()));
+        if stale {
+            info!(kind, name = %workload.name, "rolled out after a secret change");
+            self.metrics.rollout(kind, "rolled");
+            if let Some(changed) = changed_at {
+                let latency = Timestamp::now().duration_since(changed).as_secs_f64().max(0.0);
+                self.metrics.rollout_latency(latency);
+            }
+            self.event(
+                &object,
+                workload,
+                EventType::Normal,
+                "RolledOut",
+                format!("content of {} changed", sources.join(", ")),
+            )
+            .await;
+        } else {
+            self.metrics.rollout(kind, "baseline");
+        }
+        Ok(())
+    }
+
+    /// The content hash the workload should run with, the latest content change among its
+    /// sources, and the sources' names. `None` when no synced VaultSecret feeds it.
+    fn desired(
+        &self,
+        workload: &Workload,
+        spec: &PodSpec,
+        labelled: bool,
+    ) -> (Option<String>, Option<Timestamp>, Vec<String>) {
+        let statuses = self.statuses.lock().expect("statuses lock").clone();
+        let mut content = SecretData::new();
+        let mut changed_at = None;
+        for vs in self.vaultsecrets.state() {
+            if vs.namespace().as_deref() != Some(workload.namespace.as_str()) {
+                continue;
+            }
+            let secret = vs.spec.target.name.clone().unwrap_or_else(|| vs.name_any());
+            let explicit = vs
+                .spec
+                .rollout
+                .iter()
+                .flat_map(|r| r.targets.iter())
+                .any(|t| t.kind == workload.kind && t.name == workload.name);
+            let consumer = explicit || (labelled && references_secret(spec, &secret));
+            if !consumer {
+                continue;
+            }
+            let key = (workload.namespace.clone(), vs.name_any());
+            let status = match (statuses.get(&key), vs.status.as_ref()) {
+                (Some(ours), Some(seen)) if seen.synced_at > ours.synced_at => seen.clone(),
+                (Some(ours), _) => ours.clone(),
+                (None, Some(seen)) => seen.clone(),
+                (None, None) => continue,
+            };
+            let Some(hmac) = status.data_hmac else { continue };
+            let at = status.content_changed_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+            changed_at = changed_at.max(at);
+            content.insert(format!("VaultSecret/{}", vs.name_any()), SecretBytes::new(hmac.into_bytes()));
+        }
+        if content.is_empty() {
+            return (None, None, Vec::new());
+        }
+        let sources = content.keys().cloned().collect();
+        (Some(data_hmac(&self.hmac_key, &content)), changed_at, sources)
+    }
+
+    async fn event(&self, object: &DynamicObject, workload: &Workload, type_: EventType, reason: &str, note: String) {
+        let mut reference = object.object_ref(&resource(workload.kind));
+        reference.namespace = Some(workload.namespace.clone());
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Rollout".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "publishing a rollout event failed");
+        }
+    }
+}
+
+fn debounce_of(rollout: Option<&Rollout>) -> Duration {
+    rollout.and_then(|r| parse_duration(&r.debounce).ok()).unwrap_or(DEFAULT_DEBOUNCE)
+}
+
+fn pod_spec(object: &DynamicObject) -> Option<PodSpec> {
+    serde_json::from_value(object.data["spec"]["template"]["spec"].clone()).ok()
+}
+
+/// Whether a pod spec uses the Secret: env `valueFrom`, `envFrom`, `secret` or `projected` volumes.
+pub fn references_secret(spec: &PodSpec, secret: &str) -> bool {
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    let by_env =
+        containers.clone().any(|c| {
+            c.env.iter().flatten().any(|e| {
+                e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).is_some_and(|r| r.name == secret)
+            }) || c.env_from.iter().flatten().any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret))
+        });
+    let by_volume = spec.volumes.iter().flatten().any(|v| {
+        v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(secret)
+            || v.projected.as_ref().is_some_and(|p| {
+                p.sources.iter().flatten().any(|s| s.secret.as_ref().is_some_and(|s| s.name == secret))
+            })
+    });
+    by_env || by_volume
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> PodSpec {
+        serde_json::from_value(value).expect("pod spec")
+    }
+
+    #[test]
+    fn finds_every_way_a_pod_uses_a_secret() {
+        let env = spec(json!({ "containers": [{ "name": "a", "env": [{ "name": "P",
+            "valueFrom": { "secretKeyRef": { "name": "db", "key": "password" } } }] }] }));
+        let env_from = spec(json!({ "containers": [{ "name": "a", "envFrom": [{ "secretRef": { "name": "db" } }] }] }));
+        let init = spec(json!({ "containers": [{ "name": "a" }],
+            "initContainers": [{ "name": "i", "envFrom": [{ "secretRef": { "name": "db" } }] }] }));
+        let volume = spec(
+            json!({ "containers": [{ "name": "a" }], "volumes": [{ "name": "v", "secret": { "secretName": "db" } }] }),
+        );
+        let projected = spec(json!({ "containers": [{ "name": "a" }], "volumes": [{ "name": "v",
+            "projected": { "sources": [{ "secret": { "name": "db" } }] } }] }));
+        for (name, s) in
+            [("env", &env), ("envFrom", &env_from), ("init", &init), ("volume", &volume), ("projected", &projected)]
+        {
+            assert!(references_secret(s, "db"), "{name}");
+            assert!(!references_secret(s, "other"), "{name} must not match another Secret");
+        }
+    }
+}
