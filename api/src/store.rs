@@ -45,6 +45,9 @@ pub struct VaultStoreSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ClusterVaultStoreSpec {
     #[x_kube(validation = Rule::new("!has(self.azureKeyVault) || !has(self.azureKeyVault.auth.workloadIdentity) || has(self.azureKeyVault.auth.workloadIdentity.serviceAccountRef.namespace)").message("a ClusterVaultStore's workloadIdentity.serviceAccountRef must name its namespace"))]
+    #[x_kube(validation = Rule::new("!has(self.openbao) || !has(self.openbao.auth.kubernetes) || has(self.openbao.auth.kubernetes.serviceAccountRef.namespace)").message("a ClusterVaultStore's openbao kubernetes.serviceAccountRef must name its namespace"))]
+    #[x_kube(validation = Rule::new("!has(self.openbao) || !has(self.openbao.auth.token) || has(self.openbao.auth.token.secretRef.namespace)").message("a ClusterVaultStore's openbao token.secretRef must name its namespace"))]
+    #[x_kube(validation = Rule::new("!has(self.openbao) || !has(self.openbao.auth.appRole) || has(self.openbao.auth.appRole.secretRef.namespace)").message("a ClusterVaultStore's openbao appRole.secretRef must name its namespace"))]
     pub provider: Provider,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RequestBudget>,
@@ -58,10 +61,12 @@ pub struct ClusterVaultStoreSpec {
 /// The backend; exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.azureKeyVault)].filter(x, x).size() == 1").message("exactly one provider must be set"))]
+#[x_kube(validation = Rule::new("[has(self.azureKeyVault), has(self.openbao)].filter(x, x).size() == 1").message("exactly one provider must be set"))]
 pub struct Provider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure_key_vault: Option<AzureKeyVaultProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openbao: Option<OpenBaoProvider>,
 }
 
 /// An Azure Key Vault.
@@ -168,6 +173,118 @@ pub struct ManagedIdentityAuth {
     /// A user-assigned identity's client ID; the system-assigned identity when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+}
+
+/// Paths of mounts and auth mounts: slash-separated segments that start with a letter, digit or `_` (so never `.`
+/// or `..`).
+const MOUNT_PATTERN: &str = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z0-9_.]*)*$";
+
+/// An OpenBao or HashiCorp Vault server and one of its KV secrets engine mounts. A VaultSecret's
+/// `remoteRef.name` is the secret's path under the mount (`app/db`) and its `version` a KV v2
+/// version to pin; the value is the secret's data as a JSON object, so `property` picks one
+/// field. KV v1 keeps no versions: its secrets report the version `kv-v1`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenBaoProvider {
+    /// The server's address, such as `https://bao.example.com:8200`.
+    #[schemars(regex(pattern = r"^https?://[^/?#]+(/[^?#]*)?$"), length(max = 2048))]
+    pub server: String,
+    /// PEM CA bundle to trust for the server; the public roots are used when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub ca_bundle: Option<String>,
+    /// The Vault namespace (`X-Vault-Namespace`), such as `team-a` or `org/team-a`; the root namespace when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = MOUNT_PATTERN), length(max = 256))]
+    pub namespace: Option<String>,
+    /// The path of the KV secrets engine mount.
+    #[serde(default = "default_mount")]
+    #[schemars(regex(pattern = MOUNT_PATTERN), length(max = 256))]
+    pub mount: String,
+    /// The KV secrets engine version of the mount: 2 (versioned) or 1.
+    #[serde(default = "default_kv_version")]
+    #[schemars(range(min = 1, max = 2))]
+    pub kv_version: u8,
+    pub auth: OpenBaoAuth,
+}
+
+fn default_mount() -> String {
+    "secret".to_string()
+}
+
+fn default_kv_version() -> u8 {
+    2
+}
+
+/// How the operator authenticates to OpenBao; exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.kubernetes), has(self.token), has(self.appRole)].filter(x, x).size() == 1").message("exactly one auth method must be set"))]
+pub struct OpenBaoAuth {
+    /// Log in with a token of a Kubernetes service account (requested with the TokenRequest API):
+    /// each namespace reads with its own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<OpenBaoKubernetesAuth>,
+    /// A fixed token read from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<OpenBaoTokenAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_role: Option<OpenBaoAppRoleAuth>,
+}
+
+/// The Kubernetes auth method. OpenBao checks the service-account token with the TokenReview API,
+/// so its kubernetes auth config needs a `token_reviewer_jwt` of an account bound to
+/// `system:auth-delegator` when it does not run in the cluster, and the role's `audience` must
+/// match `audience` here.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenBaoKubernetesAuth {
+    /// The role to log in as.
+    #[schemars(length(min = 1, max = 256))]
+    pub role: String,
+    /// Where the kubernetes auth method is mounted.
+    #[serde(default = "default_kubernetes_mount_path")]
+    #[schemars(regex(pattern = MOUNT_PATTERN), length(max = 256))]
+    pub mount_path: String,
+    pub service_account_ref: ServiceAccountRef,
+    /// The audience of the requested service-account token. `vault` by default: a token meant for
+    /// the vault, which the apiserver itself does not accept.
+    #[serde(default = "default_openbao_audience")]
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: String,
+}
+
+fn default_kubernetes_mount_path() -> String {
+    "kubernetes".to_string()
+}
+
+fn default_openbao_audience() -> String {
+    "vault".to_string()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenBaoTokenAuth {
+    /// The Secret key that holds the token.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// The AppRole auth method.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenBaoAppRoleAuth {
+    #[schemars(length(min = 1, max = 256))]
+    pub role_id: String,
+    /// The Secret key that holds the secret ID.
+    pub secret_ref: SecretKeyRef,
+    /// Where the AppRole auth method is mounted.
+    #[serde(default = "default_approle_mount_path")]
+    #[schemars(regex(pattern = MOUNT_PATTERN), length(max = 256))]
+    pub mount_path: String,
+}
+
+fn default_approle_mount_path() -> String {
+    "approle".to_string()
 }
 
 /// A key of a Secret (in the store's namespace; a ClusterVaultStore must name the namespace).

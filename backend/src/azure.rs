@@ -1,43 +1,23 @@
 //! The Azure Key Vault secrets client: bearer tokens with the 401 challenge, 429 with
 //! `Retry-After`, 5xx and transport failures retried with jittered exponential backoff, every
-//! attempt paid for from the store's request budget and reported to an observer (metrics).
+//! attempt paid for from the store's request budget and reported to an observer (metrics); the
+//! attempt loop is shared with the other vault clients (`crate::http`).
 //!
 //! Written on reqwest rather than the official SDK crates so that each HTTP attempt passes
 //! through our budget, retry policy and call counting; see docs/architecture.md.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use rand::Rng as _;
-use reqwest::{StatusCode, header};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::{Backend, Error, FetchedSecret, ObjectRef, Result, SecretBytes, budget::RequestBudget, token::TokenSource};
-
-/// Called once per HTTP attempt with the operation (`get_secret`, `list_secrets`) and its outcome (`ok`, `not_found`,
-/// `throttled`, `server_error`, `transport_error`, `unauthorized`, `forbidden`, `other`).
-pub type CallObserver = Arc<dyn Fn(&'static str, &'static str) + Send + Sync>;
-
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
-    /// A longer `Retry-After` is not waited for here: the caller gets `Throttled` and requeues.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 4,
-            base_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            max_retry_after: Duration::from_secs(10),
-        }
-    }
-}
+pub(crate) use crate::http::describe;
+pub use crate::http::{CallObserver, RetryPolicy, http_client};
+use crate::{
+    Backend, Error, FetchedSecret, ObjectRef, Result, SecretBytes, budget::RequestBudget, http::Caller,
+    token::TokenSource,
+};
 
 pub struct AzureKeyVault {
     http: reqwest::Client,
@@ -45,27 +25,7 @@ pub struct AzureKeyVault {
     api_version: String,
     credential: Arc<dyn TokenSource>,
     identity: String,
-    budget: Option<Arc<RequestBudget>>,
-    retry: RetryPolicy,
-    observer: Option<CallObserver>,
-}
-
-/// An HTTP client for a vault: trusts only `ca_bundle` when one is given, else the system roots.
-pub fn http_client(ca_bundle: Option<&str>) -> Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(90));
-    if let Some(pem) = ca_bundle.filter(|p| !p.trim().is_empty()) {
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| Error::InvalidConfig { message: format!("caBundle is not valid PEM: {e}") })?;
-        if certs.is_empty() {
-            return Err(Error::InvalidConfig { message: "caBundle holds no certificate".into() });
-        }
-        builder = builder.tls_certs_only(certs);
-    }
-    builder.build().map_err(|e| Error::InvalidConfig { message: format!("HTTP client: {e}") })
+    caller: Caller,
 }
 
 #[derive(Deserialize)]
@@ -93,37 +53,23 @@ impl AzureKeyVault {
             vault_url,
             api_version: api_version.to_string(),
             credential,
-            budget: None,
-            retry: RetryPolicy::default(),
-            observer: None,
+            caller: Caller::new(|body| body["error"]["message"].as_str().map(str::to_string)),
         }
     }
 
     pub fn with_budget(mut self, budget: Arc<RequestBudget>) -> Self {
-        self.budget = Some(budget);
+        self.caller.budget = Some(budget);
         self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.caller.retry = retry;
         self
     }
 
     pub fn with_observer(mut self, observer: CallObserver) -> Self {
-        self.observer = Some(observer);
+        self.caller.observer = Some(observer);
         self
-    }
-
-    fn observe(&self, operation: &'static str, outcome: &'static str) {
-        if let Some(observer) = &self.observer {
-            observer(operation, outcome);
-        }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.retry.base_backoff.saturating_mul(1 << attempt.min(16)).min(self.retry.max_backoff);
-        // Full jitter: spreads retries of many callers over the interval.
-        exp.mul_f64(rand::rng().random_range(0.5..1.0))
     }
 
     async fn get_secret(&self, object: &ObjectRef) -> Result<FetchedSecret> {
@@ -153,86 +99,21 @@ impl AzureKeyVault {
         query: &[(&str, &str)],
         object: &str,
     ) -> Result<reqwest::Response> {
-        let mut refreshed_token = false;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= self.retry.max_attempts;
-            if let Some(budget) = &self.budget {
-                budget.acquire().await;
-            }
+        let request = || async {
             let token = self.credential.token().await?;
-            let sent = self
+            Ok(self
                 .http
                 .get(url)
                 .query(&[("api-version", self.api_version.as_str())])
                 .query(query)
-                .bearer_auth(token.secret.as_str())
-                .send()
-                .await;
-            let response = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    self.observe(operation, "transport_error");
-                    if last {
-                        return Err(Error::Unavailable { message: describe(&e) });
-                    }
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    continue;
-                }
-            };
-            let status = response.status();
-            match status {
-                StatusCode::OK => {
-                    self.observe(operation, "ok");
-                    return Ok(response);
-                }
-                StatusCode::UNAUTHORIZED => {
-                    self.observe(operation, "unauthorized");
-                    // The first 401 may be a token that expired or was revoked: get a new one once.
-                    if !refreshed_token {
-                        refreshed_token = true;
-                        self.credential.invalidate();
-                        continue;
-                    }
-                    return Err(Error::Unauthenticated { message: error_message(response).await });
-                }
-                StatusCode::FORBIDDEN => {
-                    self.observe(operation, "forbidden");
-                    return Err(Error::Forbidden {
-                        object: object.to_string(),
-                        message: error_message(response).await,
-                    });
-                }
-                StatusCode::NOT_FOUND => {
-                    self.observe(operation, "not_found");
-                    return Err(Error::NotFound { object: object.to_string() });
-                }
-                StatusCode::TOO_MANY_REQUESTS => {
-                    self.observe(operation, "throttled");
-                    let retry_after = retry_after(&response);
-                    let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
-                    if last || wait > self.retry.max_retry_after {
-                        return Err(Error::Throttled { retry_after });
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
-                    self.observe(operation, "server_error");
-                    if last {
-                        return Err(Error::Unavailable { message: format!("{s}: {}", error_message(response).await) });
-                    }
-                    let wait = retry_after(&response).unwrap_or_else(|| self.backoff(attempt));
-                    tokio::time::sleep(wait.min(self.retry.max_retry_after)).await;
-                }
-                s => {
-                    self.observe(operation, "other");
-                    return Err(Error::Protocol {
-                        message: format!("{object}: {s}: {}", error_message(response).await),
-                    });
-                }
-            }
-        }
+                .bearer_auth(token.secret.as_str()))
+        };
+        // A 401 may be a token that expired or was revoked: drop it so the next attempt gets a new one.
+        let renew = || {
+            self.credential.invalidate();
+            true
+        };
+        self.caller.send(operation, object, request, renew).await
     }
 }
 
@@ -260,27 +141,4 @@ fn encode(segment: &str) -> String {
         .bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
-}
-
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// The `error.message` of an Azure error body (never a secret value: error bodies carry none).
-async fn error_message(response: reqwest::Response) -> String {
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    body["error"]["message"].as_str().unwrap_or("no detail").chars().take(300).collect()
-}
-
-/// A short description of a transport error with its cause chain.
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    let mut message = if error.is_timeout() { "timed out".to_string() } else { error.to_string() };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

@@ -3,10 +3,13 @@
 //! concurrent reads. Nothing here knows about Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod assertion;
 pub mod azure;
 pub mod budget;
 pub mod cache;
 mod error;
+pub mod http;
+pub mod openbao;
 pub mod token;
 
 use std::fmt;

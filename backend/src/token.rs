@@ -95,6 +95,11 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option
     })
 }
 
+/// The Entra token endpoint of a tenant under an authority host.
+pub fn token_url(authority_host: &str, tenant_id: &str) -> String {
+    format!("{}/{tenant_id}/oauth2/v2.0/token", authority_host.trim_end_matches('/'))
+}
+
 impl EntraToken {
     /// `authority_host` such as `https://login.microsoftonline.com`.
     pub fn new(
@@ -104,7 +109,7 @@ impl EntraToken {
         client_id: Option<String>,
         grant: Grant,
     ) -> Self {
-        let token_url = format!("{}/{tenant_id}/oauth2/v2.0/token", authority_host.trim_end_matches('/'));
+        let token_url = token_url(authority_host, tenant_id);
         Self { http, token_url, client_id, grant, cached: Mutex::default() }
     }
 

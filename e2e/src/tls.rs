@@ -105,3 +105,26 @@ pub async fn loopback_listener() -> anyhow::Result<(TcpListener, SocketAddr)> {
     let addr = listener.local_addr()?;
     Ok((listener, addr))
 }
+
+/// A self-signed RSA certificate and its private key in one PEM, as a service principal's
+/// certificate credential would be stored. Made with the openssl command (RSA key generation is
+/// not something the test CA's crypto backend does).
+pub fn rsa_client_certificate_pem(common_name: &str) -> anyhow::Result<String> {
+    let dir =
+        std::env::temp_dir().join(format!("vaultsync-rsa-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let output = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={common_name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl (needed to make an RSA test certificate)")?;
+    anyhow::ensure!(output.status.success(), "openssl failed: {}", String::from_utf8_lossy(&output.stderr));
+    let pem = std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&key)?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(pem)
+}

@@ -20,9 +20,11 @@ use vaultsync_api::{
 };
 use vaultsync_backend::{
     Backend,
+    assertion::CertificateAssertion,
     azure::{AzureKeyVault, http_client},
     budget::RequestBudget,
-    token::{AssertionSource, EntraToken, Grant},
+    openbao::{AuthMethod, KvMount, KvVersion, OpenBao},
+    token::{AssertionSource, EntraToken, Grant, token_url},
 };
 use zeroize::Zeroizing;
 
@@ -202,10 +204,13 @@ impl Stores {
         {
             return Ok(backend.clone());
         }
-        let Some(azure) = &provider.azure_key_vault else {
+        let backend: Arc<dyn Backend> = if let Some(azure) = &provider.azure_key_vault {
+            Arc::new(self.azure(key, azure, budget, store_namespace).await?)
+        } else if let Some(openbao) = &provider.openbao {
+            Arc::new(self.openbao(key, openbao, budget, store_namespace).await?)
+        } else {
             return Err(StoreError::InvalidSpec { store: key.into(), message: "no provider is set".into() });
         };
-        let backend: Arc<dyn Backend> = Arc::new(self.azure(key, azure, budget, store_namespace).await?);
         self.backends.lock().expect("backends lock").insert(key.to_string(), (generation, backend.clone()));
         Ok(backend)
     }
@@ -245,26 +250,27 @@ impl Stores {
             let principal = format!("sa:{namespace}/{}", wi.service_account_ref.name);
             (Grant::ClientAssertion(Arc::new(source)), Some(wi.client_id.clone()), principal)
         } else if let Some(sp) = &auth.service_principal {
-            let Some(secret_ref) = &sp.client_secret_ref else {
-                return Err(invalid(
-                    "client certificate authentication is not supported yet; use clientSecretRef or workloadIdentity"
-                        .into(),
-                ));
+            // Reads are shared by stores with the same principal: include the credential, so a
+            // store claiming a client ID with a wrong credential never gets another store's reads.
+            let (grant, credential) = match (&sp.client_secret_ref, &sp.client_certificate_ref) {
+                (Some(secret_ref), _) => {
+                    let secret = self.secret_value(key, secret_ref, store_namespace, "client secret").await?;
+                    let fingerprint = fingerprint(secret.as_bytes());
+                    (Grant::ClientSecret(secret), fingerprint)
+                }
+                (None, Some(cert_ref)) => {
+                    let pem = self.secret_value(key, cert_ref, store_namespace, "client certificate").await?;
+                    let audience = token_url(&authority, &spec.tenant_id);
+                    let assertion = CertificateAssertion::from_pem(&pem, &sp.client_id, &audience)
+                        .map_err(|e| invalid(format!("client certificate: {e}")))?;
+                    (Grant::ClientAssertion(Arc::new(assertion)), fingerprint(pem.as_bytes()))
+                }
+                (None, None) => {
+                    return Err(invalid("servicePrincipal needs clientSecretRef or clientCertificateRef".into()));
+                }
             };
-            let namespace = store_namespace
-                .or(secret_ref.namespace.as_deref())
-                .ok_or_else(|| invalid("clientSecretRef.namespace is required in a ClusterVaultStore".into()))?;
-            let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-                .get_opt(&secret_ref.name)
-                .await
-                .map_err(|e| StoreError::Unavailable { store: key.into(), message: e.to_string() })?
-                .ok_or_else(|| invalid(format!("client secret Secret {namespace}/{} not found", secret_ref.name)))?;
-            let value = secret.data.and_then(|mut d| d.remove(&secret_ref.key)).ok_or_else(|| {
-                invalid(format!("Secret {namespace}/{} has no key {}", secret_ref.name, secret_ref.key))
-            })?;
-            let value =
-                Zeroizing::new(String::from_utf8(value.0).map_err(|_| invalid("client secret is not UTF-8".into()))?);
-            (Grant::ClientSecret(value), Some(sp.client_id.clone()), format!("sp:{}", sp.client_id))
+            let principal = format!("sp:{}:{credential}", sp.client_id);
+            (grant, Some(sp.client_id.clone()), principal)
         } else if let Some(mi) = &auth.managed_identity {
             let grant = Grant::ManagedIdentity { endpoint: self.args.imds_endpoint.clone() };
             let principal = format!("mi:{}", mi.client_id.as_deref().unwrap_or("system"));
@@ -283,6 +289,114 @@ impl Stores {
             .with_budget(Arc::new(RequestBudget::new(rps, burst)))
             .with_observer(Arc::new(move |operation, outcome| metrics.backend_call(&store, operation, outcome))))
     }
+}
+
+impl Stores {
+    /// A key of a Secret named by a store (in the store's namespace, or the one the reference
+    /// names for a cluster store), as text.
+    async fn secret_value(
+        &self,
+        key: &str,
+        secret_ref: &vaultsync_api::store::SecretKeyRef,
+        store_namespace: Option<&str>,
+        what: &str,
+    ) -> Result<Zeroizing<String>, StoreError> {
+        let invalid = |message: String| StoreError::InvalidSpec { store: key.into(), message };
+        let namespace = store_namespace
+            .or(secret_ref.namespace.as_deref())
+            .ok_or_else(|| invalid(format!("the {what} reference needs a namespace in a ClusterVaultStore")))?;
+        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(&secret_ref.name)
+            .await
+            .map_err(|e| StoreError::Unavailable { store: key.into(), message: e.to_string() })?
+            .ok_or_else(|| invalid(format!("{what} Secret {namespace}/{} not found", secret_ref.name)))?;
+        let value = secret
+            .data
+            .and_then(|mut d| d.remove(&secret_ref.key))
+            .ok_or_else(|| invalid(format!("Secret {namespace}/{} has no key {}", secret_ref.name, secret_ref.key)))?;
+        Ok(Zeroizing::new(String::from_utf8(value.0).map_err(|_| invalid(format!("the {what} is not UTF-8")))?))
+    }
+}
+
+impl Stores {
+    /// An OpenBao / Vault KV backend. Kubernetes auth logs in with a TokenRequest token of the
+    /// store's service account (a VaultStore's own namespace); token and AppRole auth read their
+    /// credential from a Secret. Reads are shared only by stores with the same principal, which
+    /// for token and AppRole includes a fingerprint of the credential.
+    async fn openbao(
+        &self,
+        key: &str,
+        spec: &vaultsync_api::store::OpenBaoProvider,
+        budget: Option<&BudgetSpec>,
+        store_namespace: Option<&str>,
+    ) -> Result<OpenBao, StoreError> {
+        let invalid = |message: String| StoreError::InvalidSpec { store: key.into(), message };
+        let http = http_client(spec.ca_bundle.as_deref()).map_err(|e| invalid(e.to_string()))?;
+        let kv_version = match spec.kv_version {
+            1 => KvVersion::V1,
+            2 => KvVersion::V2,
+            other => return Err(invalid(format!("kvVersion {other} is not 1 or 2"))),
+        };
+        let auth = &spec.auth;
+        let (method, principal) = if let Some(k8s) = &auth.kubernetes {
+            let account = &k8s.service_account_ref;
+            // A VaultStore always uses an account of its own namespace.
+            let namespace = store_namespace
+                .or(account.namespace.as_deref())
+                .ok_or_else(|| invalid("kubernetes.serviceAccountRef.namespace is required".into()))?;
+            let source = ServiceAccountAssertion {
+                api: Api::namespaced(self.client.clone(), namespace),
+                name: account.name.clone(),
+                audience: k8s.audience.clone(),
+            };
+            let principal = format!("kubernetes:{}/{}/sa:{namespace}/{}", k8s.mount_path, k8s.role, account.name);
+            let method = AuthMethod::Kubernetes {
+                mount_path: k8s.mount_path.clone(),
+                role: k8s.role.clone(),
+                jwt: Arc::new(source),
+            };
+            (method, principal)
+        } else if let Some(token) = &auth.token {
+            let value = self.secret_value(key, &token.secret_ref, store_namespace, "OpenBao token").await?;
+            let value = Zeroizing::new(value.trim().to_string());
+            let principal = format!("token:{}", fingerprint(value.as_bytes()));
+            (AuthMethod::Token(value), principal)
+        } else if let Some(approle) = &auth.app_role {
+            let secret_id = self.secret_value(key, &approle.secret_ref, store_namespace, "AppRole secret ID").await?;
+            let secret_id = Zeroizing::new(secret_id.trim().to_string());
+            let principal =
+                format!("approle:{}/{}:{}", approle.mount_path, approle.role_id, fingerprint(secret_id.as_bytes()));
+            let method = AuthMethod::AppRole {
+                mount_path: approle.mount_path.clone(),
+                role_id: approle.role_id.clone(),
+                secret_id,
+            };
+            (method, principal)
+        } else {
+            return Err(invalid("no auth method is set".into()));
+        };
+        let location = KvMount {
+            server: spec.server.clone(),
+            namespace: spec.namespace.clone(),
+            mount: spec.mount.clone(),
+            kv_version,
+        };
+        let (rps, burst) = budget
+            .map(|b| (b.requests_per_second, b.burst))
+            .unwrap_or((self.args.default_requests_per_second, self.args.default_burst));
+        let metrics = self.metrics.clone();
+        let store = key.to_string();
+        Ok(OpenBao::new(http, location, method, &principal)
+            .map_err(|e| invalid(e.to_string()))?
+            .with_budget(Arc::new(RequestBudget::new(rps, burst)))
+            .with_observer(Arc::new(move |operation, outcome| metrics.backend_call(&store, operation, outcome))))
+    }
+}
+
+/// A short, one-way fingerprint of credential material (never the material itself).
+fn fingerprint(material: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(material).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A service-account token from the TokenRequest API: the workload identity assertion.
