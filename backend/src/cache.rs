@@ -95,6 +95,7 @@ impl ReadCache {
 
     /// Forgets every entry of `object` (all identities), e.g. when the vault reports a new version.
     pub fn invalidate(&self, name: &str) {
-        self.slots.lock().expect("cache lock").retain(|(_, object), _| object.name != name);
+        // Key Vault names are case-insensitive, and events may spell them differently.
+        self.slots.lock().expect("cache lock").retain(|(_, object), _| !object.name.eq_ignore_ascii_case(name));
     }
 }

@@ -1,6 +1,6 @@
 //! Command-line flags (each also an environment variable).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 #[derive(clap::Parser, Clone, Debug)]
 #[command(name = "vaultsync-operator", about = "Keeps Kubernetes Secrets in sync with vault objects", version)]
@@ -56,6 +56,20 @@ pub struct Args {
     /// The Secret (in --namespace) holding the key of the data HMACs; created if missing.
     #[arg(long, env = "VAULTSYNC_HMAC_SECRET", default_value = "vaultsync-hmac-key")]
     pub hmac_secret: String,
+
+    /// Serve the Azure Event Grid endpoint (`POST` and `OPTIONS /eventgrid`) here, for instant refreshes when a
+    /// vault object gets a new version. Off when unset; polling on each VaultSecret's refreshInterval stays on.
+    #[arg(long, env = "VAULTSYNC_EVENT_GRID_ADDR")]
+    pub event_grid_addr: Option<SocketAddr>,
+
+    /// A file holding the shared key every Event Grid delivery must carry (at least 16 characters; surrounding
+    /// whitespace is ignored). Required with --event-grid-addr.
+    #[arg(long, env = "VAULTSYNC_EVENT_GRID_KEY_FILE")]
+    pub event_grid_key_file: Option<PathBuf>,
+
+    /// The request header that carries the Event Grid key (the `key` query parameter is accepted too).
+    #[arg(long, env = "VAULTSYNC_EVENT_GRID_KEY_HEADER", default_value = "x-vaultsync-key")]
+    pub event_grid_key_header: String,
 
     /// Log as JSON lines.
     #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]

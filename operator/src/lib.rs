@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod eventgrid;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -35,6 +36,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Like `run`, with a given client (tests run the operator in process).
 pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
+    // A misconfigured Event Grid endpoint (no key file, unreadable or weak key) fails the start.
+    let event_grid = eventgrid::Config::from_args(&args)?;
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.context("binding the metrics address")?;
@@ -43,6 +46,15 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     tokio::spawn(http::serve(listener, metrics.clone(), ready.clone(), async move {
         let _ = http_stopped.await;
     }));
+    // Vault events: served on every replica (handshakes work on a standby), acted on once the controller runs.
+    let refresh_slot = eventgrid::RefreshSlot::default();
+    let (_stop_events, events_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(config) = event_grid {
+        let (listener, _) = eventgrid::bind(config.addr).await?;
+        tokio::spawn(eventgrid::serve(listener, config, metrics.clone(), refresh_slot.clone(), async move {
+            let _ = events_stopped.await;
+        }));
+    }
 
     let mut leadership = None;
     if args.leader_elect {
@@ -64,7 +76,8 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     info!("vaultsync operator running");
     let stores = Arc::new(stores::Stores::new(client.clone(), args.clone(), metrics.clone()));
     let store_status = store_status::run(client.clone(), args.watch_namespace.clone(), stores.clone());
-    let (_refresh, vault_secrets) = vaultsecret::controller(client, args, metrics, hmac_key, stores);
+    let (refresh, vault_secrets) = vaultsecret::controller(client, args, metrics, hmac_key, stores);
+    refresh_slot.set(refresh);
     let controller = async {
         futures::join!(vault_secrets, store_status);
     };

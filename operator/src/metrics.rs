@@ -46,6 +46,12 @@ struct RolloutLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VaultEventLabels {
+    r#type: String,
+    result: String,
+}
+
 /// Every metric the operator exports. Cheap to share: clone the `Arc` from [`Metrics::new`].
 #[derive(Debug)]
 pub struct Metrics {
@@ -60,6 +66,7 @@ pub struct Metrics {
     reconciles_in_flight: Gauge,
     queue_depth: Gauge,
     cache_reads: Arc<CacheReads>,
+    vault_events: Family<VaultEventLabels, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +115,12 @@ impl Metrics {
         registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Objects waiting to be reconciled", queue_depth.clone());
+        let vault_events = Family::<VaultEventLabels, Counter>::default();
+        registry.register(
+            "vault_events",
+            "Vault events received from Azure Event Grid, by event type and result",
+            vault_events.clone(),
+        );
         let cache_reads = Arc::new(CacheReads::default());
         registry.register_collector(Box::new(cache_reads.clone()));
         Arc::new(Self {
@@ -121,6 +134,7 @@ impl Metrics {
             reconciles_in_flight,
             queue_depth,
             cache_reads,
+            vault_events,
         })
     }
 
@@ -180,6 +194,15 @@ impl Metrics {
     /// Counts one workload rollout, e.g. kind `Deployment`, result `rolled`.
     pub fn rollout(&self, kind: &str, result: &str) {
         self.rollouts.get_or_create(&RolloutLabels { kind: kind.to_owned(), result: result.to_owned() }).inc();
+    }
+
+    /// Counts one vault event, or one Event Grid delivery that could not be read: `event_type` is a known event
+    /// type, `other` or `none` (never text chosen by the sender); `result` is a fixed word such as `refreshed`,
+    /// `ignored`, `rejected` or `unauthorized`.
+    pub fn vault_event(&self, event_type: &str, result: &str) {
+        self.vault_events
+            .get_or_create(&VaultEventLabels { r#type: event_type.to_owned(), result: result.to_owned() })
+            .inc();
     }
 
     /// Every metric in the OpenMetrics text format, ending with `# EOF`.
@@ -267,6 +290,22 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing line {line:?} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "not OpenMetrics-terminated:\n{text}");
+    }
+
+    #[test]
+    fn vault_events_are_counted_by_type_and_result() {
+        let metrics = Metrics::new();
+        metrics.vault_event("Microsoft.KeyVault.SecretNewVersionCreated", "refreshed");
+        metrics.vault_event("Microsoft.KeyVault.SecretNewVersionCreated", "refreshed");
+        metrics.vault_event("none", "unauthorized");
+        let text = metrics.encode();
+        for line in [
+            r#"vaultsync_vault_events_total{type="Microsoft.KeyVault.SecretNewVersionCreated",result="refreshed"} 2"#,
+            r#"vaultsync_vault_events_total{type="none",result="unauthorized"} 1"#,
+            "# TYPE vaultsync_vault_events counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing line {line:?} in:\n{text}");
+        }
     }
 
     #[test]

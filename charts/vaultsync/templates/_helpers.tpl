@@ -74,3 +74,14 @@ The operator image.
 {{- define "vaultsync.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
 {{- end }}
+
+{{/*
+The Event Grid endpoint's port, checked: a port number other than the metrics port.
+*/}}
+{{- define "vaultsync.eventGridPort" -}}
+{{- $port := int .Values.eventGrid.port }}
+{{- if or (lt $port 1) (gt $port 65535) (eq $port 8080) }}
+{{- fail "eventGrid.port must be a port number other than 8080 (the metrics port)" }}
+{{- end }}
+{{- $port }}
+{{- end }}

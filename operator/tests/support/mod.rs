@@ -268,3 +268,113 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
 pub fn one_key(secret_key: &str, object: &str) -> Value {
     json!({ "storeRef": { "name": "kv" }, "data": [{ "secretKey": secret_key, "remoteRef": { "name": object } }] })
 }
+
+/// An operator's Event Grid endpoint for a test: a free port and a key file in a folder of its own under the
+/// temp folder (removed on drop).
+pub struct EventGrid {
+    pub port: u16,
+    pub key: String,
+    dir: std::path::PathBuf,
+}
+
+impl EventGrid {
+    /// A new port, key and key file; `name` makes the folder unique (the test's namespace).
+    pub fn new(name: &str) -> EventGrid {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let key = format!("egk-{nanos:x}-{:x}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("vaultsync-eventgrid-{name}"));
+        std::fs::create_dir_all(&dir).expect("creating the key folder");
+        std::fs::write(dir.join("key"), format!("{key}\n")).expect("writing the key file");
+        let port = vaultsync_e2e::process::free_port().expect("a free port");
+        EventGrid { port, key, dir }
+    }
+
+    /// Turns the endpoint on in `args` (built like [`Env::operator_args`]).
+    pub fn configure(&self, args: &mut Args) {
+        args.event_grid_addr = Some(format!("127.0.0.1:{}", self.port).parse().expect("an address"));
+        args.event_grid_key_file = Some(self.dir.join("key"));
+    }
+
+    /// Waits until the endpoint accepts connections.
+    pub async fn wait_listening(&self) {
+        let port = self.port;
+        eventually(Duration::from_secs(20), "the Event Grid endpoint to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+        })
+        .await;
+    }
+
+    /// The key header, for `request`.
+    pub fn key_header(&self) -> (&'static str, &str) {
+        ("x-vaultsync-key", self.key.as_str())
+    }
+
+    /// A request to the endpoint; `headers` are sent as given (add [`EventGrid::key_header`] to authenticate).
+    pub async fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpAnswer {
+        http_request(self.port, method, target, headers, body).await
+    }
+
+    /// POSTs `body` as JSON events (Event Grid schema) with the key in the header.
+    pub async fn post_events(&self, body: &Value) -> HttpAnswer {
+        let headers = [self.key_header(), ("content-type", "application/json")];
+        self.request("POST", "/eventgrid", &headers, body.to_string().as_bytes()).await
+    }
+}
+
+impl Drop for EventGrid {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP answer: status, headers (names lowercase) and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("the body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port` (the server closes the connection after answering). The request
+/// is written while the answer is read, so a server that answers before taking the whole body (413) is seen.
+pub async fn http_request(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let mut request = format!("{method} {target} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    let write = tokio::spawn(async move {
+        // The server may close early (after a 413): a failed write is not the test's concern.
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let mut raw = Vec::new();
+    // A reset after the answer (the server did not read the rest of the body) ends the read, keeping what came.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut raw)).await.expect("an answer in time");
+    write.abort();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no complete answer: {raw:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("a status code");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpAnswer { status, headers, body: body.to_owned() }
+}
