@@ -6,7 +6,7 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test crds lint demo clean-cache
+.PHONY: all tools test crds lint demo bench clean-cache
 
 all: test
 
@@ -29,9 +29,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd e2e/controlplane && test -z "$$(gofmt -l .)" && go vet .
 
-## demo: a local control plane and backend servers to try vaultsync against (Ctrl-C stops)
+## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops)
 demo: tools
 	$(CARGO) run --locked -q -p vaultsync-tools --bin vaultsync-demo
+
+## bench: measure the operator (release build) on the local control plane; BENCH_FLAGS="--count 100 --interval 20s"
+BENCH_FLAGS ?=
+bench: tools
+	$(CARGO) build --release --locked -p vaultsync-operator
+	$(CARGO) build --release --locked -p vaultsync-tools --bin vaultsync-bench
+	$(CARGO_TARGET_DIR)/release/vaultsync-bench --operator-bin $(CARGO_TARGET_DIR)/release/vaultsync-operator $(BENCH_FLAGS)
 
 ## clean-cache: remove every build cache and installed tool
 clean-cache:
