@@ -77,6 +77,8 @@ pub struct EntraToken {
     client_id: Option<String>,
     grant: Grant,
     cached: Mutex<Option<(AccessToken, Instant)>>,
+    /// Held while a token is fetched: callers that arrive meanwhile wait and share it.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +112,7 @@ impl EntraToken {
         grant: Grant,
     ) -> Self {
         let token_url = token_url(authority_host, tenant_id);
-        Self { http, token_url, client_id, grant, cached: Mutex::default() }
+        Self { http, token_url, client_id, grant, cached: Mutex::default(), fetching: tokio::sync::Mutex::new(()) }
     }
 
     async fn fetch(&self) -> Result<AccessToken> {
@@ -178,9 +180,16 @@ impl EntraToken {
 impl TokenSource for EntraToken {
     fn token(&self) -> BoxFuture<'_, Result<AccessToken>> {
         Box::pin(async move {
-            if let Some((token, renew_at)) = self.cached.lock().expect("token lock").clone()
-                && Instant::now() < renew_at
-            {
+            let fresh = || {
+                let cached = self.cached.lock().expect("token lock").clone();
+                cached.filter(|(_, renew_at)| Instant::now() < *renew_at).map(|(token, _)| token)
+            };
+            if let Some(token) = fresh() {
+                return Ok(token);
+            }
+            // One fetch at a time: whoever waited here finds the token the previous holder got.
+            let _fetching = self.fetching.lock().await;
+            if let Some(token) = fresh() {
                 return Ok(token);
             }
             let token = self.fetch().await?;

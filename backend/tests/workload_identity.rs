@@ -83,15 +83,30 @@ async fn a_service_account_token_is_exchanged_for_vault_access() {
         )
     };
 
+    // Twenty reads of different objects start together: they share one token exchange.
+    for i in 0..20 {
+        vault.set_secret(&format!("parallel-{i}"), "v");
+    }
+    let parallel = Arc::new(store("reader"));
+    let reads = (0..20).map(|i| {
+        let parallel = parallel.clone();
+        tokio::spawn(async move { parallel.get(&ObjectRef::latest(format!("parallel-{i}"))).await })
+    });
+    for read in futures::future::join_all(reads).await {
+        read.expect("task").expect("parallel read");
+    }
+    assert_eq!(entra.counts(), (1, 0), "concurrent callers share one token exchange");
+    vault.reset_counts();
+
     let reader = store("reader");
     let secret = reader.get(&ObjectRef::latest("db-password")).await.expect("read with workload identity");
     assert_eq!(secret.value.expose(), b"s3cr3t");
     reader.get(&ObjectRef::latest("db-password")).await.expect("second read");
-    assert_eq!(entra.counts(), (1, 0), "the Entra token is cached between reads");
+    assert_eq!(entra.counts(), (2, 0), "the Entra token is cached between reads");
 
     let error = store("intruder").get(&ObjectRef::latest("db-password")).await.expect_err("wrong subject");
     assert_eq!(error.reason(), "AuthenticationFailed", "{error}");
     assert!(error.to_string().contains("AADSTS700213"), "{error}");
-    assert_eq!(entra.counts(), (1, 1));
+    assert_eq!(entra.counts(), (2, 1));
     assert_eq!(vault.calls(Op::GetSecret), 2, "the refused identity never reached the vault");
 }

@@ -33,6 +33,10 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
+    /// At most this many VaultSecrets are reconciled at once (bounds memory and apiserver connections).
+    #[arg(long, env = "VAULTSYNC_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: u16,
+
     /// How long backend reads are shared between VaultSecrets that reference one object.
     #[arg(long, env = "VAULTSYNC_CACHE_WINDOW", default_value = "30s", value_parser = parse_duration)]
     pub cache_window: Duration,

@@ -12,7 +12,11 @@ use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Namespace, Secret, ServiceAccount},
 };
-use kube::{Api, Client, ResourceExt, api::PostParams};
+use kube::{
+    Api, Client, ResourceExt,
+    api::PostParams,
+    runtime::reflector::{ObjectRef, Store},
+};
 use vaultsync_api::{
     ClusterVaultStore, VaultSecret, VaultStore,
     secret::StoreKind,
@@ -98,11 +102,29 @@ pub struct Stores {
     args: Args,
     metrics: Arc<Metrics>,
     backends: Mutex<BuiltBackends>,
+    /// Watched copies of the stores, once the VaultSecret controller runs: a store found there
+    /// costs no GET; one not (yet) there is read from the apiserver.
+    caches: Mutex<Option<(Store<VaultStore>, Store<ClusterVaultStore>)>>,
 }
 
 impl Stores {
     pub fn new(client: Client, args: Args, metrics: Arc<Metrics>) -> Self {
-        Self { client, args, metrics, backends: Mutex::default() }
+        Self { client, args, metrics, backends: Mutex::default(), caches: Mutex::default() }
+    }
+
+    /// Serves store lookups from these watched copies.
+    pub fn use_caches(&self, vault_stores: Store<VaultStore>, cluster_stores: Store<ClusterVaultStore>) {
+        *self.caches.lock().expect("caches lock") = Some((vault_stores, cluster_stores));
+    }
+
+    fn cached_vault_store(&self, namespace: &str, name: &str) -> Option<Arc<VaultStore>> {
+        let caches = self.caches.lock().expect("caches lock");
+        caches.as_ref()?.0.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    fn cached_cluster_store(&self, name: &str) -> Option<Arc<ClusterVaultStore>> {
+        let caches = self.caches.lock().expect("caches lock");
+        caches.as_ref()?.1.get(&ObjectRef::new(name))
     }
 
     /// The store `vs` names, if its namespace may use it.
@@ -112,21 +134,27 @@ impl Stores {
         let (key, generation, provider, budget, allowed_objects, sa_namespace) = match vs.spec.store_ref.kind {
             StoreKind::VaultStore => {
                 let key = format!("VaultStore/{namespace}/{name}");
-                let store = Api::<VaultStore>::namespaced(self.client.clone(), &namespace)
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| StoreError::Unavailable { store: key.clone(), message: e.to_string() })?
-                    .ok_or_else(|| StoreError::NotFound { store: key.clone() })?;
+                let store = match self.cached_vault_store(&namespace, name) {
+                    Some(store) => (*store).clone(),
+                    None => Api::<VaultStore>::namespaced(self.client.clone(), &namespace)
+                        .get_opt(name)
+                        .await
+                        .map_err(|e| StoreError::Unavailable { store: key.clone(), message: e.to_string() })?
+                        .ok_or_else(|| StoreError::NotFound { store: key.clone() })?,
+                };
                 let generation = store.metadata.generation.unwrap_or_default();
                 (key, generation, store.spec.provider, store.spec.budget, None, Some(namespace.clone()))
             }
             StoreKind::ClusterVaultStore => {
                 let key = format!("ClusterVaultStore/{name}");
-                let store = Api::<ClusterVaultStore>::all(self.client.clone())
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| StoreError::Unavailable { store: key.clone(), message: e.to_string() })?
-                    .ok_or_else(|| StoreError::NotFound { store: key.clone() })?;
+                let store = match self.cached_cluster_store(name) {
+                    Some(store) => (*store).clone(),
+                    None => Api::<ClusterVaultStore>::all(self.client.clone())
+                        .get_opt(name)
+                        .await
+                        .map_err(|e| StoreError::Unavailable { store: key.clone(), message: e.to_string() })?
+                        .ok_or_else(|| StoreError::NotFound { store: key.clone() })?,
+                };
                 let matching = self.matching_conditions(&store.spec.conditions, &namespace, &key).await?;
                 if matching.is_empty() {
                     return Err(StoreError::NamespaceNotAllowed { store: key, namespace });

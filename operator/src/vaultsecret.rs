@@ -25,6 +25,7 @@ use kube::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as Finalizer, finalizer},
+        predicates,
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
@@ -191,8 +192,9 @@ impl Context {
 
     async fn event(&self, vs: &VaultSecret, type_: EventType, reason: &str, note: String) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: "Sync".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &vs.object_ref(&())).await {
-            warn!(error = %e, "publishing an event failed");
+        match self.recorder.publish(&event, &vs.object_ref(&())).await {
+            Ok(()) => self.metrics.apiserver_write("create", "events"),
+            Err(e) => warn!(error = %e, "publishing an event failed"),
         }
     }
 }
@@ -288,7 +290,24 @@ pub fn controller(
             .default_backoff()
             .applied_objects()
             .predicate_filter(spec_or_request_changed, Default::default());
-    let controller = Controller::for_stream(vaultsecret_events, reader.clone());
+    let controller = Controller::for_stream(vaultsecret_events, reader.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+    // Stores: only spec changes matter here (not the status the store controller writes), and the
+    // cached copies spare a GET per reconcile.
+    let (vault_store_reader, vault_store_writer) = reflector::store();
+    let vault_store_events = reflector::reflector(vault_store_writer, watcher(stores_api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let (cluster_store_reader, cluster_store_writer) = reflector::store();
+    let cluster_store_events = reflector::reflector(
+        cluster_store_writer,
+        watcher(Api::<ClusterVaultStore>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    stores.use_caches(vault_store_reader, cluster_store_reader);
     let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader.clone());
     let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores, reader));
     let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone());
@@ -306,10 +325,10 @@ pub fn controller(
             let owner = secret.labels().get(OWNER_LABEL).cloned();
             owner.map(|name| ObjectRef::new(&name).within(&secret.namespace().unwrap_or_default()))
         })
-        .watches(stores_api, watcher::Config::default(), move |store: VaultStore| {
+        .watches_stream(vault_store_events, move |store: VaultStore| {
             referencing(&by_store, StoreKind::VaultStore, &store.name_any(), store.namespace())
         })
-        .watches(Api::<ClusterVaultStore>::all(client), watcher::Config::default(), move |store: ClusterVaultStore| {
+        .watches_stream(cluster_store_events, move |store: ClusterVaultStore| {
             referencing(&by_cluster_store, StoreKind::ClusterVaultStore, &store.name_any(), None)
         })
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(requests))
@@ -385,6 +404,11 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
     let namespace = vs.namespace().unwrap_or_default();
     let api: Api<VaultSecret> = Api::namespaced(ctx.client.clone(), &namespace);
     let object = format!("{namespace}/{}", vs.name_any());
+    // The finalizer helper patches the VaultSecret to add or remove our finalizer: count those writes.
+    let has_finalizer = vs.finalizers().iter().any(|f| f == FINALIZER);
+    if has_finalizer == vs.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.apiserver_write("patch", "vaultsecrets");
+    }
     finalizer(&api, FINALIZER, vs, |event| async {
         match event {
             Finalizer::Apply(vs) => vs.sync(&ctx).await,
@@ -483,8 +507,9 @@ impl Reconcile for VaultSecret {
             return self.not_synced(ctx, denied.into()).await;
         }
         // A forced sync must see the vault as it is now; anything else may share a read made
-        // within the cache window, but not one older than its own refresh interval.
-        let max_age = if forced { Some(Duration::ZERO) } else { Some(interval).filter(|i| !i.is_zero()) };
+        // within the cache window, but not one older than half its refresh interval (its own
+        // previous read is a whole interval old, so a refresh never reuses it).
+        let max_age = if forced { Some(Duration::ZERO) } else { Some(interval / 2).filter(|i| !i.is_zero()) };
         let reads = self.spec.data.iter().map(|item| {
             let object = VaultObject { name: item.remote_ref.name.clone(), version: item.remote_ref.version.clone() };
             let (cache, backend) = (&ctx.cache, store.backend.clone());

@@ -31,8 +31,8 @@ async fn a_restarted_operator_with_nothing_due_reads_nothing() {
     assert_eq!(futures_list(&env).await, before, "no Secret was rewritten");
 
     // A forced sync still reads, once.
-    env.annotate("vs-0", "vaultsync.dev/force-sync", "now").await;
     env.vault.set_secret("obj-0", "rotated");
+    env.annotate("vs-0", "vaultsync.dev/force-sync", "now").await;
     env.wait_secret_value("vs-0", "k", "rotated").await;
     assert_eq!(env.vault.calls(Op::GetSecret), reads + 1);
 }
