@@ -6,7 +6,7 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test crds lint demo bench clean-cache
+.PHONY: all tools test crds lint demo bench bench-rollout clean-cache
 
 all: test
 
@@ -39,6 +39,10 @@ bench: tools
 	$(CARGO) build --release --locked -p vaultsync-operator
 	$(CARGO) build --release --locked -p vaultsync-tools --bin vaultsync-bench
 	$(CARGO_TARGET_DIR)/release/vaultsync-bench --operator-bin $(CARGO_TARGET_DIR)/release/vaultsync-operator $(BENCH_FLAGS)
+
+## bench-rollout: rotation-to-new-ReplicaSet latency by polling and by Event Grid, reads per rotation
+bench-rollout: tools
+	$(CARGO) run --release --locked -q -p vaultsync-tools --bin vaultsync-rollout-bench -- $(ROLLOUT_BENCH_FLAGS)
 
 ## clean-cache: remove every build cache and installed tool
 clean-cache:

@@ -162,7 +162,7 @@ impl Rollouts {
         for (kind, store) in self.labelled.lock().expect("labelled lock").iter() {
             for object in store.state() {
                 if object.namespace().as_deref() == Some(namespace.as_str())
-                    && pod_spec(&object).is_some_and(|spec| references_secret(&spec, secret_name))
+                    && pod_spec(&object).is_some_and(|spec| uses(&spec, secret_name, &vs.name_any()))
                 {
                     workloads.insert(Workload { kind: *kind, namespace: namespace.clone(), name: object.name_any() });
                 }
@@ -268,6 +268,18 @@ impl Rollouts {
                 format!("content of {} changed", sources.join(", ")),
             )
             .await;
+            for source in &sources {
+                let name = source.trim_start_matches("VaultSecret/");
+                let reference = k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("vaultsync.dev/v1alpha1".into()),
+                    kind: Some("VaultSecret".into()),
+                    name: Some(name.into()),
+                    namespace: Some(workload.namespace.clone()),
+                    ..Default::default()
+                };
+                let note = format!("rolled {kind} {} after the content changed", workload.name);
+                self.publish(&reference, EventType::Normal, "RolloutTriggered", note).await;
+            }
         } else {
             self.metrics.rollout(kind, "baseline");
         }
@@ -296,7 +308,7 @@ impl Rollouts {
                 .iter()
                 .flat_map(|r| r.targets.iter())
                 .any(|t| t.kind == workload.kind && t.name == workload.name);
-            let consumer = explicit || (labelled && references_secret(spec, &secret));
+            let consumer = explicit || (labelled && uses(spec, &secret, &vs.name_any()));
             if !consumer {
                 continue;
             }
@@ -322,9 +334,20 @@ impl Rollouts {
     async fn event(&self, object: &DynamicObject, workload: &Workload, type_: EventType, reason: &str, note: String) {
         let mut reference = object.object_ref(&resource(workload.kind));
         reference.namespace = Some(workload.namespace.clone());
+        self.publish(&reference, type_, reason, note).await;
+    }
+
+    async fn publish(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event { type_, reason: reason.into(), note: Some(note), action: "Rollout".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            warn!(error = %e, "publishing a rollout event failed");
+        match self.recorder.publish(&event, reference).await {
+            Ok(()) => self.metrics.apiserver_write("create", "events"),
+            Err(e) => warn!(error = %e, "publishing a rollout event failed"),
         }
     }
 }
@@ -335,6 +358,18 @@ fn debounce_of(rollout: Option<&Rollout>) -> Duration {
 
 fn pod_spec(object: &DynamicObject) -> Option<PodSpec> {
     serde_json::from_value(object.data["spec"]["template"]["spec"].clone()).ok()
+}
+
+/// The volume attribute by which a CSI volume names the VaultSecret whose objects it mounts.
+pub const CSI_VAULTSECRET_ATTRIBUTE: &str = "vaultsync.dev/vaultsecret";
+
+/// Whether a pod spec depends on a VaultSecret: through its Secret, or a CSI volume naming it.
+pub fn uses(spec: &PodSpec, secret: &str, vault_secret: &str) -> bool {
+    references_secret(spec, secret)
+        || spec.volumes.iter().flatten().any(|v| {
+            v.csi.as_ref().and_then(|c| c.volume_attributes.as_ref()).and_then(|a| a.get(CSI_VAULTSECRET_ATTRIBUTE))
+                == Some(&vault_secret.to_string())
+        })
 }
 
 /// Whether a pod spec uses the Secret: env `valueFrom`, `envFrom`, `secret` or `projected` volumes.
@@ -381,5 +416,10 @@ mod tests {
             assert!(references_secret(s, "db"), "{name}");
             assert!(!references_secret(s, "other"), "{name} must not match another Secret");
         }
+        let csi = spec(json!({ "containers": [{ "name": "a" }], "volumes": [{ "name": "v", "csi": {
+            "driver": "secrets-store.csi.k8s.io", "volumeAttributes": { "vaultsync.dev/vaultsecret": "db-files" } } }] }));
+        assert!(uses(&csi, "unrelated-secret", "db-files"), "a CSI volume naming the VaultSecret");
+        assert!(!uses(&csi, "unrelated-secret", "other"));
+        assert!(uses(&env, "db", "x"), "Secret references count too");
     }
 }

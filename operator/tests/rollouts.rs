@@ -100,6 +100,8 @@ async fn a_rotation_rolls_explicit_targets_and_labelled_consumers_once() {
     assert_eq!(replica_sets(&env, "explicit").await, 2, "exactly one rollout");
     let events = vaultsync_e2e::controlplane::events_for(&env.ns, "Deployment", "explicit").await;
     assert!(events.iter().any(|e| e == "RolledOut"), "{events:?}");
+    let events = vaultsync_e2e::controlplane::events_for(&env.ns, "VaultSecret", "db").await;
+    assert!(events.iter().any(|e| e == "RolloutTriggered"), "{events:?}");
 
     // Nothing changed: a forced refresh with the same content, a GitOps re-apply, an operator
     // restart. No new ReplicaSet.
