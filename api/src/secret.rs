@@ -30,6 +30,7 @@ pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.data) ? size(self.data) : 0) + (has(self.dataFrom) ? size(self.dataFrom) : 0) > 0").message("data or dataFrom must name at least one object"))]
 pub struct VaultSecretSpec {
     pub store_ref: StoreRef,
     /// How often the vault is read again; `0` reads once.
@@ -37,9 +38,14 @@ pub struct VaultSecretSpec {
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
     pub refresh_interval: String,
     /// One entry per key of the target Secret.
-    #[schemars(length(min = 1, max = 256))]
+    #[serde(default)]
+    #[schemars(length(max = 256))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["secretKey".into()]))]
     pub data: Vec<SecretData>,
+    /// Keys from whole objects; a key also named in `data` takes its value from `data`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub data_from: Vec<DataFrom>,
     #[serde(default)]
     pub target: Target,
     /// Workloads rolled when the Secret's content changes.
@@ -109,6 +115,40 @@ pub struct SecretData {
     #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
     pub secret_key: String,
     pub remote_ref: RemoteRef,
+}
+
+/// Many keys at once; exactly one of `extract` and `find`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.extract) != has(self.find)").message("set exactly one of extract and find"))]
+pub struct DataFrom {
+    /// Every field of a JSON object value becomes a key (string fields as text, others as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract: Option<ExtractRef>,
+    /// Every object whose name starts with `path` (OpenBao: every secret in the folder `path`)
+    /// becomes a key named after it (characters a Secret key cannot hold become `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<FindRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtractRef {
+    #[schemars(length(min = 1, max = 512))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub version: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FindRef {
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub path: String,
+    #[serde(default)]
+    pub decoding: Decoding,
 }
 
 /// An object in the vault.

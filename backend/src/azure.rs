@@ -99,14 +99,15 @@ impl AzureKeyVault {
         query: &[(&str, &str)],
         object: &str,
     ) -> Result<reqwest::Response> {
+        // A nextLink carries its own api-version.
+        let versioned = url.contains("api-version=");
         let request = || async {
             let token = self.credential.token().await?;
-            Ok(self
-                .http
-                .get(url)
-                .query(&[("api-version", self.api_version.as_str())])
-                .query(query)
-                .bearer_auth(token.secret.as_str()))
+            let mut request = self.http.get(url);
+            if !versioned {
+                request = request.query(&[("api-version", self.api_version.as_str())]);
+            }
+            Ok(request.query(query).bearer_auth(token.secret.as_str()))
         };
         // A 401 may be a token that expired or was revoked: drop it so the next attempt gets a new one.
         let renew = || {
@@ -124,6 +125,50 @@ impl Backend for AzureKeyVault {
 
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>> {
         Box::pin(self.get_secret(object))
+    }
+
+    /// Pages through the secrets list (25 names a page, following `nextLink`).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            #[derive(Deserialize)]
+            struct Page {
+                #[serde(default)]
+                value: Vec<Item>,
+                #[serde(rename = "nextLink")]
+                next_link: Option<String>,
+            }
+            #[derive(Deserialize)]
+            struct Item {
+                id: String,
+            }
+            let mut names = Vec::new();
+            let mut url = format!("{}/secrets", self.vault_url);
+            let mut query: &[(&str, &str)] = &[("maxresults", "25")];
+            loop {
+                let page: Page = self
+                    .call("list_secrets", &url, query, "the secrets list")
+                    .await?
+                    .json()
+                    .await
+                    .map_err(|_| Error::Protocol { message: "the secrets list is not a list".into() })?;
+                let lower = prefix.to_ascii_lowercase();
+                names.extend(
+                    page.value
+                        .into_iter()
+                        .filter_map(|item| item.id.rsplit('/').next().map(str::to_string))
+                        .filter(|name| name.to_ascii_lowercase().starts_with(&lower)),
+                );
+                match page.next_link {
+                    Some(next) if next.starts_with(&self.vault_url) => {
+                        url = next;
+                        query = &[];
+                    }
+                    _ => break,
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
     }
 
     /// Lists one secret name: needs a token and list permission, reads no value.

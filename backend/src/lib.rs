@@ -80,4 +80,8 @@ pub trait Backend: Send + Sync {
 
     /// Proves the store works: a token can be had and the vault answers (one cheap call).
     fn check(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// The names of the objects whose names start with `prefix` (OpenBao: the secrets directly
+    /// in the folder `prefix`), sorted, for `dataFrom.find`. Lists names only, never values.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
 }

@@ -441,6 +441,20 @@ impl Backend for OpenBao {
 
     /// One call: a login when no token is cached (it proves the credentials), else a lookup-self of the cached
     /// token (if Vault refuses it, a login method logs in instead).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            let folder = prefix.trim_matches('/');
+            let mut paths: Vec<String> = OpenBao::list(self, prefix)
+                .await?
+                .into_iter()
+                .filter(|name| !name.ends_with('/'))
+                .map(|name| if folder.is_empty() { name } else { format!("{folder}/{name}") })
+                .collect();
+            paths.sort();
+            Ok(paths)
+        })
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let (token, logged_in) = self.token().await?;

@@ -5,7 +5,7 @@
 //! the Secret; it shows up as the `Ready` condition's reason.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -243,7 +243,13 @@ impl RefreshTrigger {
                 let kind = vs.spec.store_ref.kind;
                 let namespace = (kind == StoreKind::VaultStore).then(|| vs.namespace()).flatten();
                 stores.contains(&(kind, namespace, vs.spec.store_ref.name.clone()))
-                    && vs.spec.data.iter().any(|d| d.remote_ref.name.eq_ignore_ascii_case(object))
+                    && (vs.spec.data.iter().any(|d| d.remote_ref.name.eq_ignore_ascii_case(object))
+                        || vs.spec.data_from.iter().any(|d| {
+                            d.extract.as_ref().is_some_and(|e| e.name.eq_ignore_ascii_case(object))
+                                || d.find.as_ref().is_some_and(|f| {
+                                    object.to_ascii_lowercase().starts_with(&f.path.to_ascii_lowercase())
+                                })
+                        }))
             })
             .collect();
         if !readers.is_empty() {
@@ -369,6 +375,62 @@ async fn report_backlog(ctx: Arc<Context>, store: Store<VaultSecret>) {
     }
 }
 
+/// The keys one `dataFrom` entry gives: every field of an object (`extract`), or every object
+/// under a path (`find`), read through the cache and within the store's allowlist.
+async fn data_from(
+    ctx: &Context,
+    store: &crate::stores::ResolvedStore,
+    source: &vaultsync_api::secret::DataFrom,
+    max_age: Option<Duration>,
+) -> Result<Vec<(String, SecretBytes, String)>, NotSynced> {
+    let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+    if let Some(extract) = &source.extract {
+        store.check_object(&extract.name)?;
+        let object = VaultObject { name: extract.name.clone(), version: extract.version.clone() };
+        let secret = ctx.cache.get(store.backend.as_ref(), &object, max_age).await?;
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(secret.value.expose())
+            .map_err(|_| NotSynced {
+                reason: "InvalidValue",
+                message: format!("{} is not a JSON object, so its fields cannot be extracted", extract.name),
+                retry: Duration::from_secs(120),
+            })?;
+        let mut entries = Vec::new();
+        for (field, value) in fields {
+            if !valid_key(&field) {
+                return Err(NotSynced {
+                    reason: "InvalidValue",
+                    message: format!("{} has the field {field:?}, which is not a valid Secret key", extract.name),
+                    retry: Duration::from_secs(120),
+                });
+            }
+            let bytes = match value {
+                serde_json::Value::String(text) => text.into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            entries.push((field, SecretBytes::new(bytes), secret.version.clone()));
+        }
+        return Ok(entries);
+    }
+    let Some(find) = &source.find else { return Ok(Vec::new()) };
+    // Names outside the namespace's allowlist are skipped, not fetched.
+    let names: Vec<String> =
+        store.backend.list(&find.path).await?.into_iter().filter(|name| store.check_object(name).is_ok()).collect();
+    let mut entries = Vec::new();
+    for name in names {
+        let secret = ctx.cache.get(store.backend.as_ref(), &VaultObject::latest(name.clone()), max_age).await?;
+        let value = render::decode(secret.value.expose().to_vec(), find.decoding, &name)?;
+        let key: String = name
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
+            .collect();
+        entries.push((key, SecretBytes::new(value), secret.version));
+    }
+    Ok(entries)
+}
+
 /// Changes that call for a reconcile: a new spec (generation), a force-sync annotation,
 /// deletion, and finalizers (the finalizer helper waits for its own finalizer to be seen).
 fn spec_or_request_changed(vs: &VaultSecret) -> Option<u64> {
@@ -482,7 +544,8 @@ impl Reconcile for VaultSecret {
             && !requested
             && let Some(expected) = status.data_hmac.as_deref()
         {
-            if self.secret_matches(ctx, &target, expected).await? {
+            let keys: BTreeSet<String> = status.versions.keys().cloned().collect();
+            if self.secret_matches(ctx, &target, expected, &keys).await? {
                 ctx.metrics.sync("unchanged");
                 return Ok(self.next_refresh(&status, interval, now));
             }
@@ -524,6 +587,17 @@ impl Reconcile for VaultSecret {
         };
         let mut data = SecretData::new();
         let mut versions = BTreeMap::new();
+        // dataFrom first: a key also named in `data` takes its value from `data`.
+        for source in &self.spec.data_from {
+            let entries = match data_from(ctx, &store, source, max_age).await {
+                Ok(entries) => entries,
+                Err(failure) => return self.not_synced(ctx, failure).await,
+            };
+            for (key, value, version) in entries {
+                data.insert(key.clone(), value);
+                versions.insert(key, version);
+            }
+        }
         for (item, secret) in self.spec.data.iter().zip(fetched) {
             let object = &item.remote_ref.name;
             let value = render::extract(secret.value.expose(), item.remote_ref.property.as_deref(), object)
@@ -540,7 +614,8 @@ impl Reconcile for VaultSecret {
             return self.not_synced(ctx, failure).await;
         }
         let content_changed = status.data_hmac.as_deref() != Some(hmac.as_str());
-        if content_changed || !self.secret_matches(ctx, &target, &hmac).await? {
+        let keys: BTreeSet<String> = data.keys().cloned().collect();
+        if content_changed || !self.secret_matches(ctx, &target, &hmac, &keys).await? {
             self.write(ctx, &target, &data, &hmac).await?;
             ctx.metrics.sync("synced");
             if content_changed {
@@ -628,7 +703,13 @@ impl Reconcile for VaultSecret {
 
 /// Steps of a sync, as methods of the VaultSecret they act for.
 trait SyncSteps {
-    async fn secret_matches(&self, ctx: &Context, target: &str, expected: &str) -> Result<bool, Error>;
+    async fn secret_matches(
+        &self,
+        ctx: &Context,
+        target: &str,
+        expected: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<bool, Error>;
     async fn check_ownership(&self, ctx: &Context, target: &str) -> Result<Result<(), NotSynced>, Error>;
     async fn write(&self, ctx: &Context, target: &str, data: &SecretData, hmac: &str) -> Result<(), Error>;
     fn condition(
@@ -650,7 +731,14 @@ trait SyncSteps {
 impl SyncSteps for VaultSecret {
     /// Whether the target Secret holds what `expected` describes: known from the last write when
     /// the Secret's resourceVersion is unchanged, else read once and compared.
-    async fn secret_matches(&self, ctx: &Context, target: &str, expected: &str) -> Result<bool, Error> {
+    /// `keys` are the Secret keys vaultsync writes for this VaultSecret.
+    async fn secret_matches(
+        &self,
+        ctx: &Context,
+        target: &str,
+        expected: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<bool, Error> {
         let namespace = self.namespace().unwrap_or_default();
         let cached_version =
             ctx.secrets.get(&ObjectRef::new(target).within(&namespace)).and_then(|m| m.resource_version());
@@ -669,14 +757,10 @@ impl SyncSteps for VaultSecret {
             return Ok(false);
         }
         let stored = secret.data.clone().unwrap_or_default();
-        let ours: SecretData = self
-            .spec
-            .data
-            .iter()
-            .filter_map(|d| stored.get(&d.secret_key).map(|v| (d.secret_key.clone(), SecretBytes::new(v.0.clone()))))
-            .collect();
+        let ours: SecretData =
+            keys.iter().filter_map(|k| stored.get(k).map(|v| (k.clone(), SecretBytes::new(v.0.clone())))).collect();
         let hmac = render::data_hmac(&ctx.hmac_key, &ours);
-        let matches = hmac == expected && ours.len() == self.spec.data.len();
+        let matches = hmac == expected && ours.len() == keys.len();
         if matches {
             ctx.written.lock().expect("written lock").insert(
                 key,

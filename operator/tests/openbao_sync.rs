@@ -468,3 +468,39 @@ async fn openbao_store_specs_are_checked_at_admission() {
     named["kubernetes"]["serviceAccountRef"]["namespace"] = json!(ns.name);
     create_store(&ns, "ClusterVaultStore", &name("named"), cluster(named)).await.expect("a namespaced account");
 }
+
+#[tokio::test]
+async fn data_from_extracts_fields_and_finds_secrets_under_a_path() {
+    let (bao, root) = server();
+    let env = Env::start("bao-datafrom").await;
+    let mount = enable_kv(&root, 2).await;
+    root.kv2_put(&mount, "team/db", json!({ "username": "app", "password": "bao-extracted" })).await.expect("db");
+    root.kv2_put(&mount, "team/keys/api", json!({ "key": "bao-found-api" })).await.expect("api");
+    root.kv2_put(&mount, "team/keys/signing", json!({ "key": "bao-found-signing" })).await.expect("signing");
+    root.kv2_put(&mount, "team/keys/nested/deeper", json!({ "key": "not-in-this-folder" })).await.expect("nested");
+    // Reading the secrets, and listing the folder (`find` uses the metadata LIST endpoint).
+    let policy = unique("policy");
+    let hcl = format!(
+        "path \"{mount}/data/team/*\" {{ capabilities = [\"read\"] }}\n\
+         path \"{mount}/metadata/team/*\" {{ capabilities = [\"list\"] }}\n"
+    );
+    root.call(Method::POST, &format!("sys/policies/acl/{policy}"), Some(json!({ "policy": hcl })))
+        .await
+        .expect("writing the policy");
+    let role = reader_role(&root, &env, &policy).await;
+    env.apply_store("bao", kubernetes_store(bao, &mount, &role)).await;
+    env.apply_vault_secret(
+        "many",
+        json!({ "storeRef": { "name": "bao" },
+            "dataFrom": [{ "extract": { "name": "team/db" } }, { "find": { "path": "team/keys" } }] }),
+    )
+    .await;
+    let secret = env.wait_secret_value("many", "password", "bao-extracted").await;
+    let data = secret.data.expect("data");
+    assert_eq!(data["username"].0, b"app");
+    let api: Value = serde_json::from_slice(&data["api"].0).expect("the found secret is its data object");
+    assert_eq!(api["key"], "bao-found-api");
+    assert!(data.contains_key("signing"));
+    assert!(!data.contains_key("nested") && !data.contains_key("deeper"), "find lists one folder, not below it");
+    assert_eq!(data.len(), 4);
+}
