@@ -154,3 +154,19 @@ async fn the_budget_spreads_calls_and_the_observer_counts_them() {
     assert_eq!(outcomes.lock().expect("lock").len(), 12);
     assert!(outcomes.lock().expect("lock").iter().all(|o| *o == ("get_secret", "ok")));
 }
+
+#[tokio::test]
+async fn listing_pages_through_every_name_with_the_prefix() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    for i in 0..30 {
+        vault.set_secret(&format!("app-{i:02}"), "v");
+    }
+    vault.set_secret("other", "v");
+    let kv = client(&vault, "token");
+    let names = kv.list("app-").await.expect("list");
+    assert_eq!(names.len(), 30, "two pages of 25 followed: {names:?}");
+    assert_eq!(names[0], "app-00");
+    assert!(!names.contains(&"other".to_string()));
+    assert_eq!(vault.calls(Op::ListSecrets), 2);
+    assert_eq!(vault.calls(Op::GetSecret), 0, "listing reads no value");
+}
