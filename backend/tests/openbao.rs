@@ -10,11 +10,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-    rbac::v1::{ClusterRoleBinding, RoleRef, Subject},
-};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
@@ -30,7 +26,6 @@ use vaultsync_backend::{
 };
 use vaultsync_e2e::{
     TestNamespace,
-    controlplane::ControlPlane,
     openbao::{BaoClient, OpenBao as BaoServer},
     service_account_token,
 };
@@ -365,56 +360,16 @@ impl AssertionSource for ServiceAccountJwt {
 async fn kubernetes_auth_logs_in_with_a_service_account_token() {
     let ns = TestNamespace::new("bao-k8s-auth").await;
     let accounts: Api<ServiceAccount> = ns.api();
-    for name in ["reviewer", "reader", "intruder"] {
+    for name in ["reader", "intruder"] {
         let sa = ServiceAccount {
             metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
             ..Default::default()
         };
         accounts.create(&PostParams::default(), &sa).await.expect("service account");
     }
-    let binding = ClusterRoleBinding {
-        metadata: ObjectMeta { name: Some(format!("{}-token-reviewer", ns.name)), ..Default::default() },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: "system:auth-delegator".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "reviewer".into(),
-            namespace: Some(ns.name.clone()),
-            ..Default::default()
-        }]),
-    };
-    Api::<ClusterRoleBinding>::all(ns.client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("binding the reviewer to system:auth-delegator");
-    let review = TokenRequest {
-        spec: Some(TokenRequestSpec { audiences: None, expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
-    let reviewer_jwt = accounts
-        .create_token_request("reviewer", &PostParams::default(), &review)
-        .await
-        .expect("reviewer token")
-        .status
-        .and_then(|s| s.token)
-        .expect("token");
-
     let (bao, root) = server();
     let auth_mount = unique("k8s");
-    root.call(Method::POST, &format!("sys/auth/{auth_mount}"), Some(json!({ "type": "kubernetes" })))
-        .await
-        .expect("enabling kubernetes auth");
-    let cp = ControlPlane::shared();
-    let config = json!({
-        "kubernetes_host": cp.server_url(),
-        "kubernetes_ca_cert": cp.ca_pem().expect("apiserver CA"),
-        "disable_local_ca_jwt": true,
-        "token_reviewer_jwt": reviewer_jwt,
-    });
-    root.call(Method::POST, &format!("auth/{auth_mount}/config"), Some(config)).await.expect("configuring it");
+    vaultsync_e2e::openbao::enable_kubernetes_auth(&root, &ns, &auth_mount).await.expect("kubernetes auth");
     let mount = enable_kv(&root, 2).await;
     root.kv2_put(&mount, "app/db", json!({ "password": "k8s-auth-read-value" })).await.expect("put");
     let policy = policy(&root, &[format!("{mount}/data/app/*")]).await;

@@ -111,3 +111,65 @@ impl BaoClient {
         Ok(answer["data"]["data"].clone())
     }
 }
+
+/// Enables Kubernetes auth at `mount` and points it at the local apiserver, which OpenBao asks
+/// (TokenReview) whether a login's service-account token is valid. OpenBao does not run in a pod
+/// here (`disable_local_ca_jwt`), and without `token_reviewer_jwt` it would authenticate the
+/// review with the client's own token, which the apiserver refuses for a token of audience
+/// `vault`. So the review is made with a token (apiserver audience, one hour) of a reviewer
+/// account in `ns` bound to `system:auth-delegator`.
+pub async fn enable_kubernetes_auth(root: &BaoClient, ns: &crate::TestNamespace, mount: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::{
+        core::v1::ServiceAccount,
+        rbac::v1::{ClusterRoleBinding, RoleRef, Subject},
+    };
+    use kube::{
+        Api,
+        api::{ObjectMeta, PostParams},
+    };
+    let reviewer = "token-reviewer";
+    let accounts: Api<ServiceAccount> = ns.api();
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some(reviewer.into()), ..Default::default() },
+        ..Default::default()
+    };
+    accounts.create(&PostParams::default(), &sa).await?;
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta { name: Some(format!("{}-{reviewer}", ns.name)), ..Default::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: "system:auth-delegator".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: reviewer.into(),
+            namespace: Some(ns.name.clone()),
+            ..Default::default()
+        }]),
+    };
+    Api::<ClusterRoleBinding>::all(ns.client.clone()).create(&PostParams::default(), &binding).await?;
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let reviewer_jwt = accounts
+        .create_token_request(reviewer, &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .context("no reviewer token")?;
+    root.call(reqwest::Method::POST, &format!("sys/auth/{mount}"), Some(json!({ "type": "kubernetes" }))).await?;
+    let cp = crate::ControlPlane::shared();
+    let config = json!({
+        "kubernetes_host": cp.server_url(),
+        "kubernetes_ca_cert": cp.ca_pem()?,
+        "disable_local_ca_jwt": true,
+        "token_reviewer_jwt": reviewer_jwt,
+    });
+    root.call(reqwest::Method::POST, &format!("auth/{mount}/config"), Some(config)).await?;
+    Ok(())
+}

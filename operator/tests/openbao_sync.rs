@@ -8,14 +8,7 @@ mod support;
 use std::time::Duration;
 
 use axum::http::Method; // the `http` types reqwest (and so `BaoClient`) uses
-use k8s_openapi::{
-    ByteString,
-    api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
-        core::v1::{Secret, ServiceAccount},
-        rbac::v1::{ClusterRoleBinding, RoleRef, Subject},
-    },
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams},
@@ -24,9 +17,7 @@ use serde_json::{Value, json};
 use support::{Env, READER_SA, assert_logs_free_of};
 use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_e2e::{
-    TestNamespace,
-    controlplane::ControlPlane,
-    eventually, install_crds,
+    TestNamespace, eventually, install_crds,
     openbao::{BaoClient, OpenBao as BaoServer},
 };
 
@@ -55,55 +46,7 @@ async fn kubernetes_auth(root: &BaoClient) {
     CONFIGURED
         .get_or_init(|| async {
             let ns = TestNamespace::new("bao-reviewer").await;
-            let accounts: Api<ServiceAccount> = ns.api();
-            let sa = ServiceAccount {
-                metadata: ObjectMeta { name: Some("token-reviewer".into()), ..Default::default() },
-                ..Default::default()
-            };
-            accounts.create(&PostParams::default(), &sa).await.expect("reviewer account");
-            let binding = ClusterRoleBinding {
-                metadata: ObjectMeta { name: Some(format!("{}-token-reviewer", ns.name)), ..Default::default() },
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "ClusterRole".into(),
-                    name: "system:auth-delegator".into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: "token-reviewer".into(),
-                    namespace: Some(ns.name.clone()),
-                    ..Default::default()
-                }]),
-            };
-            Api::<ClusterRoleBinding>::all(ns.client.clone())
-                .create(&PostParams::default(), &binding)
-                .await
-                .expect("binding the reviewer to system:auth-delegator");
-            // The apiserver's own audience (none asked), an hour: longer than this binary runs.
-            let request = TokenRequest {
-                spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-                ..Default::default()
-            };
-            let reviewer_jwt = accounts
-                .create_token_request("token-reviewer", &PostParams::default(), &request)
-                .await
-                .expect("reviewer token")
-                .status
-                .and_then(|s| s.token)
-                .expect("a token");
-            root.call(Method::POST, &format!("sys/auth/{K8S_AUTH}"), Some(json!({ "type": "kubernetes" })))
-                .await
-                .expect("enabling kubernetes auth");
-            let cp = ControlPlane::shared();
-            let config = json!({
-                "kubernetes_host": cp.server_url(),
-                "kubernetes_ca_cert": cp.ca_pem().expect("apiserver CA"),
-                "disable_local_ca_jwt": true,
-                "token_reviewer_jwt": reviewer_jwt,
-            });
-            root.call(Method::POST, &format!("auth/{K8S_AUTH}/config"), Some(config))
-                .await
-                .expect("configuring kubernetes auth");
+            vaultsync_e2e::openbao::enable_kubernetes_auth(root, &ns, K8S_AUTH).await.expect("kubernetes auth");
         })
         .await;
 }
