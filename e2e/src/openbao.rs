@@ -76,6 +76,7 @@ fn http_get_ok(port: u16, path: &str) -> bool {
 }
 
 /// A minimal OpenBao HTTP API client for test setup.
+#[derive(Clone)]
 pub struct BaoClient {
     pub addr: String,
     pub token: String,

@@ -112,6 +112,12 @@ impl Stores {
         Self { client, args, metrics, backends: Mutex::default(), caches: Mutex::default() }
     }
 
+    /// Drops a store's backend after its credential was refused, so the next use builds it again
+    /// and reads the credential Secret anew (a rotated client secret, token or secret ID).
+    pub fn forget(&self, key: &str) {
+        self.backends.lock().expect("backends lock").remove(key);
+    }
+
     /// Serves store lookups from these watched copies.
     pub fn use_caches(&self, vault_stores: Store<VaultStore>, cluster_stores: Store<ClusterVaultStore>) {
         *self.caches.lock().expect("caches lock") = Some((vault_stores, cluster_stores));
@@ -216,7 +222,12 @@ impl Stores {
             .backend(key, generation, provider, budget, store_namespace)
             .await
             .map_err(|e| (e.store_reason(), e.to_string()))?;
-        backend.check().await.map_err(|e| (e.reason(), e.to_string()))
+        backend.check().await.map_err(|e| {
+            if matches!(e, vaultsync_backend::Error::Unauthenticated { .. }) {
+                self.forget(key);
+            }
+            (e.reason(), e.to_string())
+        })
     }
 
     async fn backend(

@@ -583,7 +583,12 @@ impl Reconcile for VaultSecret {
         let fetched = if routine { budget::routine(try_join_all(reads)).await } else { try_join_all(reads).await };
         let fetched = match fetched {
             Ok(fetched) => fetched,
-            Err(e) => return self.not_synced(ctx, e.into()).await,
+            Err(e) => {
+                if matches!(e, vaultsync_backend::Error::Unauthenticated { .. }) {
+                    ctx.stores.forget(&store.key);
+                }
+                return self.not_synced(ctx, e.into()).await;
+            }
         };
         let mut data = SecretData::new();
         let mut versions = BTreeMap::new();

@@ -447,3 +447,53 @@ async fn data_from_extracts_fields_and_finds_secrets_under_a_path() {
     assert!(!data.contains_key("nested") && !data.contains_key("deeper"), "find lists one folder, not below it");
     assert_eq!(data.len(), 4);
 }
+
+#[tokio::test]
+async fn a_rotated_credential_secret_is_used_after_the_old_one_is_refused() {
+    let (bao, root) = server();
+    let env = Env::start("bao-rotate-cred").await;
+    let mount = enable_kv(&root, 2).await;
+    root.kv2_put(&mount, "svc/app", json!({ "value": "read-with-either-token" })).await.expect("put");
+    let policy = policy(&root, &[format!("{mount}/data/svc/*")]).await;
+    let new_token = |root: BaoClient, policy: String| async move {
+        let answer = root
+            .call(Method::POST, "auth/token/create", Some(json!({ "policies": [policy], "ttl": "1h" })))
+            .await
+            .expect("token");
+        answer["auth"]["client_token"].as_str().expect("client_token").to_string()
+    };
+    let first = new_token(root.clone(), policy.clone()).await;
+    put_secret(&env, "bao-token", "token", &first).await;
+    env.apply_store(
+        "by-token",
+        json!({ "provider": { "openbao": { "server": bao.addr, "mount": mount,
+            "auth": { "token": { "secretRef": { "name": "bao-token", "key": "token" } } } } } }),
+    )
+    .await;
+    env.apply_vault_secret(
+        "app",
+        from_store(
+            "by-token",
+            json!([{ "secretKey": "v",
+        "remoteRef": { "name": "svc/app", "property": "value" } }]),
+        ),
+    )
+    .await;
+    env.wait_secret_value("app", "v", "read-with-either-token").await;
+
+    // The token is revoked and replaced in its Secret: the next read is refused once, then the
+    // store is rebuilt from the Secret and reads again.
+    root.call(Method::POST, "auth/token/revoke", Some(json!({ "token": first }))).await.expect("revoke");
+    let second = new_token(root.clone(), policy.clone()).await;
+    let patch = json!({ "data": { "token": ByteString(second.into_bytes()) } });
+    env.ns
+        .api::<Secret>()
+        .patch("bao-token", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("rotating");
+    env.annotate("app", "vaultsync.dev/force-sync", "after-revoke").await;
+    env.wait_reason("app", "AuthenticationFailed").await;
+    root.kv2_put(&mount, "svc/app", json!({ "value": "read-with-the-new-token" })).await.expect("put");
+    env.annotate("app", "vaultsync.dev/force-sync", "after-rotation").await;
+    env.wait_secret_value("app", "v", "read-with-the-new-token").await;
+}
