@@ -16,8 +16,22 @@ use zeroize::Zeroizing;
 
 use crate::{Error, Result};
 
-/// The scope of Key Vault's data plane.
-pub const KEY_VAULT_SCOPE: &str = "https://vault.azure.net/.default";
+/// The resource of Key Vault's data plane in the public cloud.
+pub const KEY_VAULT_RESOURCE: &str = "https://vault.azure.net";
+
+/// The Key Vault resource a vault URL belongs to, by its DNS suffix: public, China, US Government
+/// clouds; the public resource for anything else (private endpoints use the public names).
+pub fn key_vault_resource(vault_url: &str) -> &'static str {
+    let host =
+        vault_url.trim_start_matches("https://").split(['/', ':']).next().unwrap_or_default().to_ascii_lowercase();
+    if host.ends_with(".vault.azure.cn") {
+        "https://vault.azure.cn"
+    } else if host.ends_with(".vault.usgovcloudapi.net") {
+        "https://vault.usgovcloudapi.net"
+    } else {
+        KEY_VAULT_RESOURCE
+    }
+}
 /// Tokens are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
 
@@ -76,6 +90,8 @@ pub struct EntraToken {
     token_url: String,
     client_id: Option<String>,
     grant: Grant,
+    /// The Key Vault resource tokens are asked for (`<resource>/.default` as the scope).
+    resource: String,
     cached: Mutex<Option<(AccessToken, Instant)>>,
     /// Held while a token is fetched: callers that arrive meanwhile wait and share it.
     fetching: tokio::sync::Mutex<()>,
@@ -112,14 +128,27 @@ impl EntraToken {
         grant: Grant,
     ) -> Self {
         let token_url = token_url(authority_host, tenant_id);
-        Self { http, token_url, client_id, grant, cached: Mutex::default(), fetching: tokio::sync::Mutex::new(()) }
+        Self {
+            http,
+            token_url,
+            client_id,
+            grant,
+            resource: KEY_VAULT_RESOURCE.to_string(),
+            cached: Mutex::default(),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Asks for tokens for another Key Vault resource (a sovereign cloud's, see [`key_vault_resource`]).
+    pub fn for_resource(mut self, resource: &str) -> Self {
+        self.resource = resource.trim_end_matches('/').to_string();
+        self
     }
 
     async fn fetch(&self) -> Result<AccessToken> {
         let request = match &self.grant {
             Grant::ManagedIdentity { endpoint } => {
-                let mut query =
-                    vec![("api-version", "2018-02-01".to_string()), ("resource", "https://vault.azure.net".into())];
+                let mut query = vec![("api-version", "2018-02-01".to_string()), ("resource", self.resource.clone())];
                 if let Some(id) = &self.client_id {
                     query.push(("client_id", id.clone()));
                 }
@@ -128,7 +157,7 @@ impl EntraToken {
             grant => {
                 let mut form = vec![
                     ("grant_type", "client_credentials".to_string()),
-                    ("scope", KEY_VAULT_SCOPE.to_string()),
+                    ("scope", format!("{}/.default", self.resource)),
                     ("client_id", self.client_id.clone().unwrap_or_default()),
                 ];
                 match grant {
@@ -203,5 +232,18 @@ impl TokenSource for EntraToken {
 
     fn invalidate(&self) {
         self.cached.lock().expect("token lock").take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_vault_resource;
+
+    #[test]
+    fn sovereign_clouds_get_their_own_resource() {
+        assert_eq!(key_vault_resource("https://team.vault.azure.net"), "https://vault.azure.net");
+        assert_eq!(key_vault_resource("https://team.vault.azure.cn/"), "https://vault.azure.cn");
+        assert_eq!(key_vault_resource("https://Team.Vault.UsGovCloudApi.net:443"), "https://vault.usgovcloudapi.net");
+        assert_eq!(key_vault_resource("https://localhost:8443"), "https://vault.azure.net");
     }
 }

@@ -28,7 +28,7 @@ use vaultsync_backend::{
     azure::{AzureKeyVault, http_client},
     budget::RequestBudget,
     openbao::{AuthMethod, KvMount, KvVersion, OpenBao},
-    token::{AssertionSource, EntraToken, Grant, token_url},
+    token::{AssertionSource, EntraToken, Grant, key_vault_resource, token_url},
 };
 use zeroize::Zeroizing;
 
@@ -317,7 +317,8 @@ impl Stores {
         } else {
             return Err(invalid("no auth method is set".into()));
         };
-        let credential = EntraToken::new(http.clone(), &authority, &spec.tenant_id, client_id, grant);
+        let credential = EntraToken::new(http.clone(), &authority, &spec.tenant_id, client_id, grant)
+            .for_resource(key_vault_resource(&spec.vault_url));
         let (rps, burst) = budget
             .map(|b| (b.requests_per_second, b.burst))
             .unwrap_or((self.args.default_requests_per_second, self.args.default_burst));
