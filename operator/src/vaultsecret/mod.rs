@@ -51,6 +51,12 @@ use crate::{
     stores::{StoreError, Stores},
 };
 
+mod data_from;
+mod trigger;
+
+use data_from::data_from;
+pub use trigger::RefreshTrigger;
+
 pub const FIELD_MANAGER: &str = "vaultsync-operator";
 pub const FINALIZER: &str = "vaultsync.dev/cleanup";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "vaultsync");
@@ -199,71 +205,6 @@ impl Context {
     }
 }
 
-/// Asks for an immediate refresh of the VaultSecrets that read a given vault object (used by
-/// vault event deliveries). Each object costs at most one backend read, however many
-/// VaultSecrets read it: the cache entry is dropped once and the refreshes share the new read.
-#[derive(Clone)]
-pub struct RefreshTrigger {
-    client: Client,
-    namespace: Option<String>,
-    vaultsecrets: Store<VaultSecret>,
-    ctx: Arc<Context>,
-    sender: mpsc::UnboundedSender<ObjectRef<VaultSecret>>,
-}
-
-impl RefreshTrigger {
-    /// `vault_url` as in a store's `vaultUrl`; returns how many VaultSecrets were asked to refresh.
-    pub async fn vault_object_changed(&self, vault_url: &str, object: &str) -> Result<usize, kube::Error> {
-        let wanted = vault_url.trim_end_matches('/').to_ascii_lowercase();
-        let same_vault = |provider: &vaultsync_api::store::Provider| {
-            provider
-                .azure_key_vault
-                .as_ref()
-                .is_some_and(|a| a.vault_url.trim_end_matches('/').to_ascii_lowercase() == wanted)
-        };
-        let namespaced: Api<VaultStore> = match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let mut stores = std::collections::HashSet::new();
-        for store in
-            namespaced.list(&Default::default()).await?.items.into_iter().filter(|s| same_vault(&s.spec.provider))
-        {
-            stores.insert((StoreKind::VaultStore, store.namespace(), store.name_any()));
-        }
-        let cluster = Api::<ClusterVaultStore>::all(self.client.clone()).list(&Default::default()).await?;
-        for store in cluster.items.into_iter().filter(|s| same_vault(&s.spec.provider)) {
-            stores.insert((StoreKind::ClusterVaultStore, None, store.name_any()));
-        }
-        let readers: Vec<_> = self
-            .vaultsecrets
-            .state()
-            .into_iter()
-            .filter(|vs| {
-                let kind = vs.spec.store_ref.kind;
-                let namespace = (kind == StoreKind::VaultStore).then(|| vs.namespace()).flatten();
-                stores.contains(&(kind, namespace, vs.spec.store_ref.name.clone()))
-                    && (vs.spec.data.iter().any(|d| d.remote_ref.name.eq_ignore_ascii_case(object))
-                        || vs.spec.data_from.iter().any(|d| {
-                            d.extract.as_ref().is_some_and(|e| e.name.eq_ignore_ascii_case(object))
-                                || d.find.as_ref().is_some_and(|f| {
-                                    object.to_ascii_lowercase().starts_with(&f.path.to_ascii_lowercase())
-                                })
-                        }))
-            })
-            .collect();
-        if !readers.is_empty() {
-            self.ctx.cache.invalidate(object);
-        }
-        for vs in &readers {
-            let key = (vs.namespace().unwrap_or_default(), vs.name_any());
-            self.ctx.requested.lock().expect("requested lock").insert(key);
-            let _ = self.sender.send(ObjectRef::from_obj(vs.as_ref()));
-        }
-        Ok(readers.len())
-    }
-}
-
 /// Builds the controller for VaultSecrets (in `namespace`, or everywhere): a trigger for vault
 /// events, and the future that runs the controller until shutdown.
 pub fn controller(
@@ -373,62 +314,6 @@ async fn report_backlog(ctx: Arc<Context>, store: Store<VaultSecret>) {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         ctx.metrics.set_cache_stats(load(&stats.hits), load(&stats.coalesced), load(&stats.misses));
     }
-}
-
-/// The keys one `dataFrom` entry gives: every field of an object (`extract`), or every object
-/// under a path (`find`), read through the cache and within the store's allowlist.
-async fn data_from(
-    ctx: &Context,
-    store: &crate::stores::ResolvedStore,
-    source: &vaultsync_api::secret::DataFrom,
-    max_age: Option<Duration>,
-) -> Result<Vec<(String, SecretBytes, String)>, NotSynced> {
-    let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
-    if let Some(extract) = &source.extract {
-        store.check_object(&extract.name)?;
-        let object = VaultObject { name: extract.name.clone(), version: extract.version.clone() };
-        let secret = ctx.cache.get(store.backend.as_ref(), &object, max_age).await?;
-        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(secret.value.expose())
-            .map_err(|_| NotSynced {
-                reason: "InvalidValue",
-                message: format!("{} is not a JSON object, so its fields cannot be extracted", extract.name),
-                retry: Duration::from_secs(120),
-            })?;
-        let mut entries = Vec::new();
-        for (field, value) in fields {
-            if !valid_key(&field) {
-                return Err(NotSynced {
-                    reason: "InvalidValue",
-                    message: format!("{} has the field {field:?}, which is not a valid Secret key", extract.name),
-                    retry: Duration::from_secs(120),
-                });
-            }
-            let bytes = match value {
-                serde_json::Value::String(text) => text.into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            entries.push((field, SecretBytes::new(bytes), secret.version.clone()));
-        }
-        return Ok(entries);
-    }
-    let Some(find) = &source.find else { return Ok(Vec::new()) };
-    // Names outside the namespace's allowlist are skipped, not fetched.
-    let names: Vec<String> =
-        store.backend.list(&find.path).await?.into_iter().filter(|name| store.check_object(name).is_ok()).collect();
-    let mut entries = Vec::new();
-    for name in names {
-        let secret = ctx.cache.get(store.backend.as_ref(), &VaultObject::latest(name.clone()), max_age).await?;
-        let value = render::decode(secret.value.expose().to_vec(), find.decoding, &name)?;
-        let key: String = name
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
-            .collect();
-        entries.push((key, SecretBytes::new(value), secret.version));
-    }
-    Ok(entries)
 }
 
 /// Changes that call for a reconcile: a new spec (generation), a force-sync annotation,
