@@ -4,12 +4,13 @@
 //! namespaces, and a server that is not there. Each test makes its own mounts, policies and
 //! roles, so the tests share one server and run in parallel.
 
+mod support;
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{
     Api,
@@ -17,33 +18,21 @@ use kube::{
 };
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::ServiceAccountJwt;
 use vaultsync_backend::{
     Backend, Error, ObjectRef,
     cache::ReadCache,
     http::{RetryPolicy, http_client},
     openbao::{AuthMethod, KV_V1_VERSION, KvMount, KvVersion, OpenBao},
-    token::AssertionSource,
 };
 use vaultsync_e2e::{
     TestNamespace,
-    openbao::{BaoClient, OpenBao as BaoServer},
-    service_account_token,
+    openbao::{AppRole, shared_with_root, unique},
 };
 use zeroize::Zeroizing;
 
 /// The audience of the service-account tokens the client logs in with (the operator's default).
 const AUDIENCE: &str = "vault";
-
-/// The shared OpenBao server and a root client for setting it up.
-fn server() -> (&'static BaoServer, BaoClient) {
-    vaultsync_e2e::tls::install_crypto_provider();
-    let bao = BaoServer::shared();
-    (bao, bao.root())
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", rand::random::<u32>())
-}
 
 /// Calls seen by a client's observer, as (operation, outcome).
 #[derive(Clone, Default)]
@@ -81,44 +70,20 @@ fn token(value: &str) -> AuthMethod {
     AuthMethod::Token(Zeroizing::new(value.to_string()))
 }
 
-async fn enable_kv(root: &BaoClient, version: u8) -> String {
-    let mount = unique(&format!("kv{version}"));
-    let body = json!({ "type": "kv", "options": { "version": version.to_string() } });
-    root.call(Method::POST, &format!("sys/mounts/{mount}"), Some(body)).await.expect("enabling a KV mount");
-    mount
-}
-
-/// A policy that may read (and list) `paths`; returns its name.
-async fn policy(root: &BaoClient, paths: &[String]) -> String {
-    let name = unique("policy");
-    let hcl: String =
-        paths.iter().map(|p| format!("path \"{p}\" {{ capabilities = [\"read\", \"list\"] }}\n")).collect();
-    root.call(Method::POST, &format!("sys/policies/acl/{name}"), Some(json!({ "policy": hcl })))
-        .await
-        .expect("writing the policy");
-    name
-}
-
-/// A token with `policy` (and `default`, which allows lookup-self).
-async fn token_with(root: &BaoClient, policy: &str) -> String {
-    let answer = root
-        .call(Method::POST, "auth/token/create", Some(json!({ "policies": [policy], "ttl": "1h" })))
-        .await
-        .expect("creating a token");
-    answer["auth"]["client_token"].as_str().expect("client_token").to_string()
-}
-
 fn json_of(secret: &vaultsync_backend::FetchedSecret) -> Value {
     serde_json::from_slice(secret.value.expose()).expect("the value is JSON")
 }
 
 #[tokio::test]
 async fn token_auth_reads_the_latest_and_pinned_kv_v2_versions() {
-    let (bao, root) = server();
-    let mount = enable_kv(&root, 2).await;
+    let (bao, root) = shared_with_root();
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "app/db", json!({ "password": "first-db-password" })).await.expect("v1");
     root.kv2_put(&mount, "app/db", json!({ "password": "second-db-password", "username": "app" })).await.expect("v2");
-    let reader = token_with(&root, &policy(&root, &[format!("{mount}/data/app/*")]).await).await;
+    let reader = root
+        .token_with(&root.read_policy(&[format!("{mount}/data/app/*")]).await.expect("policy"))
+        .await
+        .expect("token");
     let calls = Calls::default();
     let kv = client(&bao.addr, &mount, KvVersion::V2, token(&reader), &calls);
 
@@ -149,8 +114,8 @@ async fn token_auth_reads_the_latest_and_pinned_kv_v2_versions() {
 
 #[tokio::test]
 async fn reads_through_the_cache_are_shared_per_identity() {
-    let (bao, root) = server();
-    let mount = enable_kv(&root, 2).await;
+    let (bao, root) = shared_with_root();
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "shared", json!({ "k": "shared-value-1" })).await.expect("put");
     let calls = Calls::default();
     let kv: Arc<dyn Backend> = Arc::new(client(&bao.addr, &mount, KvVersion::V2, token(&root.token), &calls));
@@ -169,8 +134,8 @@ async fn reads_through_the_cache_are_shared_per_identity() {
 
 #[tokio::test]
 async fn kv_v1_secrets_report_the_kv_v1_version() {
-    let (bao, root) = server();
-    let mount = enable_kv(&root, 1).await;
+    let (bao, root) = shared_with_root();
+    let mount = root.enable_kv(1).await.expect("kv mount");
     let body = json!({ "url": "postgres://db:5432", "password": "kv1-password-value", "port": 5432 });
     root.call(Method::POST, &format!("{mount}/team/db"), Some(body.clone())).await.expect("kv v1 write");
     let calls = Calls::default();
@@ -193,12 +158,15 @@ async fn kv_v1_secrets_report_the_kv_v1_version() {
 
 #[tokio::test]
 async fn list_names_secrets_and_folders_under_a_prefix() {
-    let (bao, root) = server();
-    let mount = enable_kv(&root, 2).await;
+    let (bao, root) = shared_with_root();
+    let mount = root.enable_kv(2).await.expect("kv mount");
     for path in ["app/a", "app/b", "app/sub/c", "other/d"] {
         root.kv2_put(&mount, path, json!({ "v": path })).await.expect("put");
     }
-    let lister = token_with(&root, &policy(&root, &[format!("{mount}/metadata/app/*")]).await).await;
+    let lister = root
+        .token_with(&root.read_policy(&[format!("{mount}/metadata/app/*")]).await.expect("policy"))
+        .await
+        .expect("token");
     let calls = Calls::default();
     let kv = client(&bao.addr, &mount, KvVersion::V2, token(&lister), &calls);
 
@@ -212,11 +180,14 @@ async fn list_names_secrets_and_folders_under_a_prefix() {
 
 #[tokio::test]
 async fn a_path_outside_the_policy_is_forbidden_and_a_revoked_token_is_refused() {
-    let (bao, root) = server();
-    let mount = enable_kv(&root, 2).await;
+    let (bao, root) = shared_with_root();
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "team-a/key", json!({ "k": "team-a-value" })).await.expect("put a");
     root.kv2_put(&mount, "team-b/key", json!({ "k": "team-b-value" })).await.expect("put b");
-    let team_a = token_with(&root, &policy(&root, &[format!("{mount}/data/team-a/*")]).await).await;
+    let team_a = root
+        .token_with(&root.read_policy(&[format!("{mount}/data/team-a/*")]).await.expect("policy"))
+        .await
+        .expect("token");
     let calls = Calls::default();
     let kv = client(&bao.addr, &mount, KvVersion::V2, token(&team_a), &calls);
 
@@ -237,23 +208,11 @@ async fn a_path_outside_the_policy_is_forbidden_and_a_revoked_token_is_refused()
 
 #[tokio::test]
 async fn approle_logs_in_once_and_again_when_its_token_is_revoked() {
-    let (bao, root) = server();
-    let mount = enable_kv(&root, 2).await;
+    let (bao, root) = shared_with_root();
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "svc/api", json!({ "key": "approle-read-value" })).await.expect("put");
-    let approle = unique("approle");
-    root.call(Method::POST, &format!("sys/auth/{approle}"), Some(json!({ "type": "approle" }))).await.expect("enable");
-    let policy = policy(&root, &[format!("{mount}/data/svc/*")]).await;
-    let role = format!("auth/{approle}/role/svc");
-    root.call(Method::POST, &role, Some(json!({ "token_policies": [policy], "token_ttl": "1h" }))).await.expect("role");
-    let role_id = root.call(Method::GET, &format!("{role}/role-id"), None).await.expect("role id")["data"]["role_id"]
-        .as_str()
-        .expect("role_id")
-        .to_string();
-    let secret_id =
-        root.call(Method::POST, &format!("{role}/secret-id"), None).await.expect("secret id")["data"]["secret_id"]
-            .as_str()
-            .expect("secret_id")
-            .to_string();
+    let policy = root.read_policy(&[format!("{mount}/data/svc/*")]).await.expect("policy");
+    let AppRole { mount: approle, role_id, secret_id } = root.approle(&policy).await.expect("approle");
     let login = |secret_id: &str, calls: &Calls| {
         let auth = AuthMethod::AppRole {
             mount_path: approle.clone(),
@@ -290,7 +249,7 @@ async fn approle_logs_in_once_and_again_when_its_token_is_revoked() {
 
 #[tokio::test]
 async fn a_vault_namespace_is_sent_with_every_request() {
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let namespace = unique("tenant");
     root.call(Method::POST, &format!("sys/namespaces/{namespace}"), Some(json!({}))).await.expect("namespace");
     root.call(
@@ -332,23 +291,6 @@ async fn a_server_that_is_not_there_is_unavailable() {
     assert_eq!(login.get(&ObjectRef::latest("db")).await.expect_err("no server").reason(), "BackendUnavailable");
 }
 
-/// A TokenRequest for a service account, audience [`AUDIENCE`]: what the operator logs in with.
-struct ServiceAccountJwt {
-    api: Api<ServiceAccount>,
-    name: String,
-}
-
-impl AssertionSource for ServiceAccountJwt {
-    fn assertion(&self) -> BoxFuture<'_, vaultsync_backend::Result<Zeroizing<String>>> {
-        Box::pin(async move {
-            let token = service_account_token(&self.api, &self.name, AUDIENCE)
-                .await
-                .map_err(|e| Error::Unauthenticated { message: format!("TokenRequest for {}: {e}", self.name) })?;
-            Ok(Zeroizing::new(token))
-        })
-    }
-}
-
 /// Kubernetes auth as OpenBao 2.7 verifies it: OpenBao sends the client's JWT to the apiserver's
 /// TokenReview API. With `disable_local_ca_jwt` (OpenBao does not run in a pod here) and no
 /// `token_reviewer_jwt`, OpenBao would authenticate that TokenReview with the client's own JWT,
@@ -367,12 +309,12 @@ async fn kubernetes_auth_logs_in_with_a_service_account_token() {
         };
         accounts.create(&PostParams::default(), &sa).await.expect("service account");
     }
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let auth_mount = unique("k8s");
     vaultsync_e2e::openbao::enable_kubernetes_auth(&root, &ns, &auth_mount).await.expect("kubernetes auth");
-    let mount = enable_kv(&root, 2).await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "app/db", json!({ "password": "k8s-auth-read-value" })).await.expect("put");
-    let policy = policy(&root, &[format!("{mount}/data/app/*")]).await;
+    let policy = root.read_policy(&[format!("{mount}/data/app/*")]).await.expect("policy");
     let role = json!({
         "bound_service_account_names": ["reader"],
         "bound_service_account_namespaces": [ns.name],
@@ -383,7 +325,7 @@ async fn kubernetes_auth_logs_in_with_a_service_account_token() {
     root.call(Method::POST, &format!("auth/{auth_mount}/role/app"), Some(role)).await.expect("role");
 
     let store = |sa: &str, calls: &Calls| {
-        let jwt = Arc::new(ServiceAccountJwt { api: accounts.clone(), name: sa.into() });
+        let jwt = Arc::new(ServiceAccountJwt { api: accounts.clone(), name: sa.into(), audience: AUDIENCE });
         let auth = AuthMethod::Kubernetes { mount_path: auth_mount.clone(), role: "app".into(), jwt };
         client(&bao.addr, &mount, KvVersion::V2, auth, calls)
     };

@@ -2,45 +2,28 @@
 //! is exchanged at an Entra token endpoint, which checks it with TokenReview, and the Entra
 //! token reads from the vault. A token of another service account is refused.
 
+mod support;
+
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
+use support::ServiceAccountJwt;
 use vaultsync_backend::{
-    Backend, Error, ObjectRef,
+    Backend, ObjectRef,
     azure::{AzureKeyVault, http_client},
-    token::{AssertionSource, EntraToken, Grant},
+    token::{EntraToken, Grant},
 };
 use vaultsync_e2e::{
     TestNamespace,
     entra::{EntraServer, Federation},
     keyvault::{KeyVaultServer, Op},
-    service_account_token,
 };
-use zeroize::Zeroizing;
 
 const AUDIENCE: &str = "api://AzureADTokenExchange";
-
-/// The assertion the operator will make for a store: a TokenRequest for its service account.
-struct ServiceAccountToken {
-    api: Api<ServiceAccount>,
-    name: String,
-}
-
-impl AssertionSource for ServiceAccountToken {
-    fn assertion(&self) -> BoxFuture<'_, vaultsync_backend::Result<Zeroizing<String>>> {
-        Box::pin(async move {
-            let token = service_account_token(&self.api, &self.name, AUDIENCE)
-                .await
-                .map_err(|e| Error::Unauthenticated { message: format!("TokenRequest for {}: {e}", self.name) })?;
-            Ok(Zeroizing::new(token))
-        })
-    }
-}
 
 #[tokio::test]
 async fn a_service_account_token_is_exchanged_for_vault_access() {
@@ -66,7 +49,7 @@ async fn a_service_account_token_is_exchanged_for_vault_access() {
 
     let http = http_client(Some(entra.ca_pem())).expect("http");
     let store = |sa: &str| {
-        let assertion = Arc::new(ServiceAccountToken { api: accounts.clone(), name: sa.into() });
+        let assertion = Arc::new(ServiceAccountJwt { api: accounts.clone(), name: sa.into(), audience: AUDIENCE });
         let credential = EntraToken::new(
             http.clone(),
             entra.authority_host(),

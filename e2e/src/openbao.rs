@@ -174,3 +174,69 @@ pub async fn enable_kubernetes_auth(root: &BaoClient, ns: &crate::TestNamespace,
     root.call(reqwest::Method::POST, &format!("auth/{mount}/config"), Some(config)).await?;
     Ok(())
 }
+
+/// A name no other test uses: `<prefix>-<8 hex digits>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// The shared server and a root client for setting it up.
+pub fn shared_with_root() -> (&'static OpenBao, BaoClient) {
+    crate::tls::install_crypto_provider();
+    let bao = OpenBao::shared();
+    (bao, bao.root())
+}
+
+/// The credentials of an AppRole made for a test.
+pub struct AppRole {
+    /// Where the AppRole auth method is mounted.
+    pub mount: String,
+    pub role_id: String,
+    pub secret_id: String,
+}
+
+// === Test setup through the root client ===
+
+impl BaoClient {
+    /// A fresh KV mount of `version` (1 or 2); returns its path.
+    pub async fn enable_kv(&self, version: u8) -> anyhow::Result<String> {
+        let mount = unique(&format!("kv{version}"));
+        let body = json!({ "type": "kv", "options": { "version": version.to_string() } });
+        self.call(reqwest::Method::POST, &format!("sys/mounts/{mount}"), Some(body)).await?;
+        Ok(mount)
+    }
+
+    /// A policy that may read and list `paths`; returns its name.
+    pub async fn read_policy(&self, paths: &[String]) -> anyhow::Result<String> {
+        let name = unique("policy");
+        let hcl: String =
+            paths.iter().map(|p| format!("path \"{p}\" {{ capabilities = [\"read\", \"list\"] }}\n")).collect();
+        self.call(reqwest::Method::POST, &format!("sys/policies/acl/{name}"), Some(json!({ "policy": hcl }))).await?;
+        Ok(name)
+    }
+
+    /// A token (one hour) with `policy` and `default` (which allows lookup-self).
+    pub async fn token_with(&self, policy: &str) -> anyhow::Result<String> {
+        let body = json!({ "policies": [policy], "ttl": "1h" });
+        let answer = self.call(reqwest::Method::POST, "auth/token/create", Some(body)).await?;
+        Ok(answer["auth"]["client_token"].as_str().context("no client_token")?.to_string())
+    }
+
+    /// A new AppRole auth mount with one role holding `policy`, and a secret ID for it.
+    pub async fn approle(&self, policy: &str) -> anyhow::Result<AppRole> {
+        use reqwest::Method;
+        let mount = unique("approle");
+        self.call(Method::POST, &format!("sys/auth/{mount}"), Some(json!({ "type": "approle" }))).await?;
+        let role = format!("auth/{mount}/role/app");
+        self.call(Method::POST, &role, Some(json!({ "token_policies": [policy], "token_ttl": "1h" }))).await?;
+        let role_id = self.call(Method::GET, &format!("{role}/role-id"), None).await?["data"]["role_id"]
+            .as_str()
+            .context("no role_id")?
+            .to_string();
+        let secret_id = self.call(Method::POST, &format!("{role}/secret-id"), None).await?["data"]["secret_id"]
+            .as_str()
+            .context("no secret_id")?
+            .to_string();
+        Ok(AppRole { mount, role_id, secret_id })
+    }
+}

@@ -18,22 +18,11 @@ use support::{Env, READER_SA, assert_logs_free_of};
 use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_e2e::{
     TestNamespace, eventually, install_crds,
-    openbao::{BaoClient, OpenBao as BaoServer},
+    openbao::{AppRole, BaoClient, OpenBao as BaoServer, shared_with_root, unique},
 };
 
 /// The kubernetes auth mount every test of this binary uses (configured once).
 const K8S_AUTH: &str = "kubernetes-operator-tests";
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:08x}", rand::random::<u32>())
-}
-
-/// The shared OpenBao server and a root client for setting it up.
-fn server() -> (&'static BaoServer, BaoClient) {
-    vaultsync_e2e::tls::install_crypto_provider();
-    let bao = BaoServer::shared();
-    (bao, bao.root())
-}
 
 /// Enables kubernetes auth at [`K8S_AUTH`] once per test binary. OpenBao checks each login's
 /// service-account token with the apiserver's TokenReview API. It does not run in a pod here
@@ -49,24 +38,6 @@ async fn kubernetes_auth(root: &BaoClient) {
             vaultsync_e2e::openbao::enable_kubernetes_auth(root, &ns, K8S_AUTH).await.expect("kubernetes auth");
         })
         .await;
-}
-
-/// A fresh KV mount of `version`.
-async fn enable_kv(root: &BaoClient, version: u8) -> String {
-    let mount = unique(&format!("kv{version}"));
-    let body = json!({ "type": "kv", "options": { "version": version.to_string() } });
-    root.call(Method::POST, &format!("sys/mounts/{mount}"), Some(body)).await.expect("enabling a KV mount");
-    mount
-}
-
-/// A policy that may read `paths`; returns its name.
-async fn policy(root: &BaoClient, paths: &[String]) -> String {
-    let name = unique("policy");
-    let hcl: String = paths.iter().map(|p| format!("path \"{p}\" {{ capabilities = [\"read\"] }}\n")).collect();
-    root.call(Method::POST, &format!("sys/policies/acl/{name}"), Some(json!({ "policy": hcl })))
-        .await
-        .expect("writing the policy");
-    name
 }
 
 /// A kubernetes auth role for the test namespace's reader account, with `policy`; returns its name.
@@ -135,14 +106,15 @@ async fn put_secret(env: &Env, name: &str, key: &str, value: &str) {
 
 #[tokio::test]
 async fn kubernetes_auth_syncs_properties_follows_rotation_and_pins_versions() {
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let env = Env::start("bao-sync").await;
-    let mount = enable_kv(&root, 2).await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
     let v1 = root
         .kv2_put(&mount, "app/db", json!({ "username": "app", "password": "bao-first-password" }))
         .await
         .expect("v1");
-    let role = reader_role(&root, &env, &policy(&root, &[format!("{mount}/data/app/*")]).await).await;
+    let role =
+        reader_role(&root, &env, &root.read_policy(&[format!("{mount}/data/app/*")]).await.expect("policy")).await;
     env.apply_store("bao", kubernetes_store(bao, &mount, &role)).await;
     let (status, _) = wait_store(&env, "bao", "Valid").await;
     assert_eq!(status, "True", "the store logged in");
@@ -204,12 +176,13 @@ async fn kubernetes_auth_syncs_properties_follows_rotation_and_pins_versions() {
 
 #[tokio::test]
 async fn a_denied_path_is_forbidden_and_a_lost_server_leaves_the_secret_alone() {
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let env = Env::start("bao-fail").await;
-    let mount = enable_kv(&root, 2).await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "app/api", json!({ "key": "bao-api-key-value" })).await.expect("put");
     root.kv2_put(&mount, "other/api", json!({ "key": "bao-other-team-value" })).await.expect("put");
-    let role = reader_role(&root, &env, &policy(&root, &[format!("{mount}/data/app/*")]).await).await;
+    let role =
+        reader_role(&root, &env, &root.read_policy(&[format!("{mount}/data/app/*")]).await.expect("policy")).await;
     env.apply_store("bao", kubernetes_store(bao, &mount, &role)).await;
 
     env.apply_vault_secret(
@@ -248,23 +221,19 @@ async fn a_denied_path_is_forbidden_and_a_lost_server_leaves_the_secret_alone() 
 
 #[tokio::test]
 async fn token_and_approle_stores_sync_and_kv_v1_reports_its_version() {
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let env = Env::start("bao-auth").await;
-    let mount = enable_kv(&root, 2).await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "svc/token-read", json!({ "value": "read-with-a-token" })).await.expect("put");
     root.kv2_put(&mount, "svc/approle-read", json!({ "value": "read-with-approle" })).await.expect("put");
-    let kv1 = enable_kv(&root, 1).await;
+    let kv1 = root.enable_kv(1).await.expect("kv mount");
     root.call(Method::POST, &format!("{kv1}/legacy/cfg"), Some(json!({ "value": "read-from-kv-v1" })))
         .await
         .expect("kv v1 put");
-    let policy = policy(&root, &[format!("{mount}/data/svc/*"), format!("{kv1}/legacy/*")]).await;
+    let policy = root.read_policy(&[format!("{mount}/data/svc/*"), format!("{kv1}/legacy/*")]).await.expect("policy");
 
     // Token auth: a token with the policy in a Secret of the store's namespace.
-    let answer = root
-        .call(Method::POST, "auth/token/create", Some(json!({ "policies": [policy], "ttl": "1h" })))
-        .await
-        .expect("token");
-    let token = answer["auth"]["client_token"].as_str().expect("client_token").to_string();
+    let token = root.token_with(&policy).await.expect("token");
     put_secret(&env, "bao-token", "token", &token).await;
     env.apply_store(
         "by-token",
@@ -274,19 +243,7 @@ async fn token_and_approle_stores_sync_and_kv_v1_reports_its_version() {
     .await;
 
     // AppRole auth: a role with the policy; its secret ID in a Secret.
-    let approle = unique("approle");
-    root.call(Method::POST, &format!("sys/auth/{approle}"), Some(json!({ "type": "approle" }))).await.expect("enable");
-    let role = format!("auth/{approle}/role/operator");
-    root.call(Method::POST, &role, Some(json!({ "token_policies": [policy], "token_ttl": "1h" }))).await.expect("role");
-    let role_id = root.call(Method::GET, &format!("{role}/role-id"), None).await.expect("role id")["data"]["role_id"]
-        .as_str()
-        .expect("role_id")
-        .to_string();
-    let secret_id =
-        root.call(Method::POST, &format!("{role}/secret-id"), None).await.expect("secret id")["data"]["secret_id"]
-            .as_str()
-            .expect("secret_id")
-            .to_string();
+    let AppRole { mount: approle, role_id, secret_id } = root.approle(&policy).await.expect("approle");
     put_secret(&env, "approle", "secret-id", &secret_id).await;
     env.apply_store(
         "by-approle",
@@ -414,22 +371,16 @@ async fn openbao_store_specs_are_checked_at_admission() {
 
 #[tokio::test]
 async fn data_from_extracts_fields_and_finds_secrets_under_a_path() {
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let env = Env::start("bao-datafrom").await;
-    let mount = enable_kv(&root, 2).await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "team/db", json!({ "username": "app", "password": "bao-extracted" })).await.expect("db");
     root.kv2_put(&mount, "team/keys/api", json!({ "key": "bao-found-api" })).await.expect("api");
     root.kv2_put(&mount, "team/keys/signing", json!({ "key": "bao-found-signing" })).await.expect("signing");
     root.kv2_put(&mount, "team/keys/nested/deeper", json!({ "key": "not-in-this-folder" })).await.expect("nested");
     // Reading the secrets, and listing the folder (`find` uses the metadata LIST endpoint).
-    let policy = unique("policy");
-    let hcl = format!(
-        "path \"{mount}/data/team/*\" {{ capabilities = [\"read\"] }}\n\
-         path \"{mount}/metadata/team/*\" {{ capabilities = [\"list\"] }}\n"
-    );
-    root.call(Method::POST, &format!("sys/policies/acl/{policy}"), Some(json!({ "policy": hcl })))
-        .await
-        .expect("writing the policy");
+    let paths = [format!("{mount}/data/team/*"), format!("{mount}/metadata/team/*")];
+    let policy = root.read_policy(&paths).await.expect("policy");
     let role = reader_role(&root, &env, &policy).await;
     env.apply_store("bao", kubernetes_store(bao, &mount, &role)).await;
     env.apply_vault_secret(
@@ -450,19 +401,12 @@ async fn data_from_extracts_fields_and_finds_secrets_under_a_path() {
 
 #[tokio::test]
 async fn a_rotated_credential_secret_is_used_after_the_old_one_is_refused() {
-    let (bao, root) = server();
+    let (bao, root) = shared_with_root();
     let env = Env::start("bao-rotate-cred").await;
-    let mount = enable_kv(&root, 2).await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
     root.kv2_put(&mount, "svc/app", json!({ "value": "read-with-either-token" })).await.expect("put");
-    let policy = policy(&root, &[format!("{mount}/data/svc/*")]).await;
-    let new_token = |root: BaoClient, policy: String| async move {
-        let answer = root
-            .call(Method::POST, "auth/token/create", Some(json!({ "policies": [policy], "ttl": "1h" })))
-            .await
-            .expect("token");
-        answer["auth"]["client_token"].as_str().expect("client_token").to_string()
-    };
-    let first = new_token(root.clone(), policy.clone()).await;
+    let policy = root.read_policy(&[format!("{mount}/data/svc/*")]).await.expect("policy");
+    let first = root.token_with(&policy).await.expect("token");
     put_secret(&env, "bao-token", "token", &first).await;
     env.apply_store(
         "by-token",
@@ -484,7 +428,7 @@ async fn a_rotated_credential_secret_is_used_after_the_old_one_is_refused() {
     // The token is revoked and replaced in its Secret: the next read is refused once, then the
     // store is rebuilt from the Secret and reads again.
     root.call(Method::POST, "auth/token/revoke", Some(json!({ "token": first }))).await.expect("revoke");
-    let second = new_token(root.clone(), policy.clone()).await;
+    let second = root.token_with(&policy).await.expect("token");
     let patch = json!({ "data": { "token": ByteString(second.into_bytes()) } });
     env.ns
         .api::<Secret>()
