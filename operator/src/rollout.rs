@@ -34,6 +34,7 @@ use vaultsync_api::{
     secret::{Rollout, WorkloadKind},
 };
 use vaultsync_backend::SecretBytes;
+use zeroize::Zeroizing;
 
 use crate::{
     args::parse_duration,
@@ -57,13 +58,14 @@ pub struct Workload {
     pub name: String,
 }
 
-type Statuses = Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>>;
+/// The latest status written per VaultSecret, shared with the VaultSecret controller.
+pub type Statuses = Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>>;
 
 pub struct Rollouts {
     client: Client,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    hmac_key: Vec<u8>,
+    hmac_key: Zeroizing<Vec<u8>>,
     vaultsecrets: Store<VaultSecret>,
     /// The latest status written per VaultSecret (the reflector may not show it yet).
     statuses: Statuses,
@@ -92,7 +94,7 @@ impl Rollouts {
         client: Client,
         metrics: Arc<Metrics>,
         recorder: Recorder,
-        hmac_key: Vec<u8>,
+        hmac_key: Zeroizing<Vec<u8>>,
         vaultsecrets: Store<VaultSecret>,
         statuses: Statuses,
     ) -> Self {

@@ -25,7 +25,7 @@ use vaultsync_api::{
 use vaultsync_backend::{
     Backend,
     assertion::CertificateAssertion,
-    azure::{AzureKeyVault, http_client},
+    azure::{AzureKeyVault, CallObserver, http_client},
     budget::RequestBudget,
     openbao::{AuthMethod, KvMount, KvVersion, OpenBao},
     token::{AssertionSource, EntraToken, Grant, key_vault_resource, token_url},
@@ -319,19 +319,27 @@ impl Stores {
         };
         let credential = EntraToken::new(http.clone(), &authority, &spec.tenant_id, client_id, grant)
             .for_resource(key_vault_resource(&spec.vault_url));
-        let (rps, burst) = budget
-            .map(|b| (b.requests_per_second, b.burst))
-            .unwrap_or((self.args.default_requests_per_second, self.args.default_burst));
-        let metrics = self.metrics.clone();
-        let store = key.to_string();
         let identity = format!("{}/{principal}", spec.tenant_id);
+        let (budget, observer) = self.metering(key, budget);
         Ok(AzureKeyVault::new(http, &spec.vault_url, &spec.api_version, Arc::new(credential), &identity)
-            .with_budget(Arc::new(RequestBudget::new(rps, burst)))
-            .with_observer(Arc::new(move |operation, outcome| metrics.backend_call(&store, operation, outcome))))
+            .with_budget(budget)
+            .with_observer(observer))
     }
 }
 
 impl Stores {
+    /// A store's request budget (its own, or the operator's default) and the observer that counts
+    /// its backend calls under the store's key.
+    fn metering(&self, key: &str, budget: Option<&BudgetSpec>) -> (Arc<RequestBudget>, CallObserver) {
+        let (rps, burst) = budget
+            .map(|b| (b.requests_per_second, b.burst))
+            .unwrap_or((self.args.default_requests_per_second, self.args.default_burst));
+        let (metrics, store) = (self.metrics.clone(), key.to_string());
+        let observer: CallObserver =
+            Arc::new(move |operation, outcome| metrics.backend_call(&store, operation, outcome));
+        (Arc::new(RequestBudget::new(rps, burst)), observer)
+    }
+
     /// A key of a Secret named by a store (in the store's namespace, or the one the reference
     /// names for a cluster store), as text.
     async fn secret_value(
@@ -421,15 +429,11 @@ impl Stores {
             mount: spec.mount.clone(),
             kv_version,
         };
-        let (rps, burst) = budget
-            .map(|b| (b.requests_per_second, b.burst))
-            .unwrap_or((self.args.default_requests_per_second, self.args.default_burst));
-        let metrics = self.metrics.clone();
-        let store = key.to_string();
+        let (budget, observer) = self.metering(key, budget);
         Ok(OpenBao::new(http, location, method, &principal)
             .map_err(|e| invalid(e.to_string()))?
-            .with_budget(Arc::new(RequestBudget::new(rps, burst)))
-            .with_observer(Arc::new(move |operation, outcome| metrics.backend_call(&store, operation, outcome))))
+            .with_budget(budget)
+            .with_observer(observer))
     }
 }
 

@@ -47,7 +47,7 @@ use crate::{
     args::parse_duration,
     metrics::Metrics,
     render::{self, RenderError, SecretData},
-    rollout::Rollouts,
+    rollout::{Rollouts, Statuses},
     stores::{StoreError, Stores},
 };
 
@@ -85,7 +85,7 @@ pub struct Context {
     written: Mutex<HashMap<(String, String), Written>>,
     /// The last status this process wrote per VaultSecret: the object a reconcile gets may not
     /// show it yet, and acting on the older status would read the vault twice.
-    statuses: Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>>,
+    statuses: Statuses,
     rollouts: Arc<Rollouts>,
     /// VaultSecrets a vault event asked to refresh now.
     requested: Mutex<std::collections::HashSet<(String, String)>>,
@@ -170,14 +170,14 @@ impl Context {
         vaultsecrets: Store<VaultSecret>,
     ) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(args.pod_name.clone()) };
-        let statuses: Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>> = Arc::default();
+        let statuses = Statuses::default();
         let rollout_reporter =
             Reporter { controller: "vaultsync-rollout".into(), instance: Some(args.pod_name.clone()) };
         let rollouts = Rollouts::new(
             client.clone(),
             metrics.clone(),
             Recorder::new(client.clone(), rollout_reporter),
-            hmac_key.to_vec(),
+            hmac_key.clone(),
             vaultsecrets,
             statuses.clone(),
         );
