@@ -150,15 +150,23 @@ impl Sync<'_> {
                 info!(secret = %self.target, "created the Secret");
                 Ok(created)
             }
-            Err(kube::Error::Api(status)) if status.code == 409 => match self.target().await? {
-                Target::Created { converted } => self.apply_created(data, converted).await,
-                Target::Absent => Err(NotSynced::new(
-                    "SecretWriteFailed",
-                    format!("Secret {} was created and deleted by someone else meanwhile; trying again", self.target),
-                    Duration::from_secs(5),
-                )),
-                Target::MergeInto => Err(conflict(format!("Secret {} was created by someone else", self.target))),
-            },
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let late = format!("Secret {} was created by someone else before vaultsync's first write", self.target);
+                match self.target().await {
+                    // Our own create, retried after a timeout: carry on with it.
+                    Ok(Target::Created { converted }) => self.apply_created(data, converted).await,
+                    Ok(Target::Absent) => Err(NotSynced::new(
+                        "SecretWriteFailed",
+                        format!("{late}, and deleted again; trying again"),
+                        Duration::from_secs(5),
+                    )),
+                    Ok(Target::MergeInto) => Err(conflict(format!("{late}; it is left alone"))),
+                    Err(refused) if refused.reason == "OwnershipConflict" => {
+                        Err(conflict(format!("{late}; it is left alone ({})", refused.message)))
+                    }
+                    Err(other) => Err(other),
+                }
+            }
             Err(e) => Err(NotSynced::apiserver("SecretWriteFailed", &format!("creating Secret {}", self.target), &e)),
         }
     }
