@@ -10,10 +10,11 @@ CARGO ?= cargo
 
 all: test
 
-## tools: build the local control plane and install the backend servers (cached)
+## tools: build the local control plane, install the backend servers and the Azure SDK (cached)
 tools:
 	@scripts/build-controlplane.sh
 	@scripts/install-emulators.sh
+	@scripts/install-azure-sdk.sh
 
 ## test: build what is needed and run every test against the real components
 test: tools
