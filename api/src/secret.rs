@@ -260,4 +260,17 @@ pub struct VaultSecretStatus {
     /// The last `vaultsync.dev/force-sync` annotation value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_sync: Option<String>,
+    /// Objects `dataFrom.find` found but could not read (disabled, expired, not yet valid), so their keys are left
+    /// out; at most 100 are named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_objects: Vec<SkippedObject>,
+}
+
+/// An object left out of a sync, and why.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedObject {
+    pub name: String,
+    /// `Disabled`, `Expired` or `NotYetValid`.
+    pub reason: String,
 }

@@ -8,14 +8,23 @@ use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes};
 use super::{Context, status::NotSynced};
 use crate::render;
 
+/// What one `dataFrom` entry gives.
+#[derive(Default)]
+pub(super) struct Entries {
+    /// Key, value and the vault version behind it.
+    pub keys: Vec<(String, SecretBytes, String)>,
+    /// Objects found but left out, and why (`Disabled`, `Expired`, `NotYetValid`).
+    pub skipped: Vec<(String, &'static str)>,
+}
+
 /// The keys one `dataFrom` entry gives: every field of an object (`extract`), or every object
 /// under a path (`find`), read through the cache and within the store's allowlist.
 pub(super) async fn data_from(
     ctx: &Context,
-    store: &crate::stores::ResolvedStore,
+    store: &vaultsync_stores::ResolvedStore,
     source: &vaultsync_api::secret::DataFrom,
     max_age: Option<Duration>,
-) -> Result<Vec<(String, SecretBytes, String)>, NotSynced> {
+) -> Result<Entries, NotSynced> {
     let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
     if let Some(extract) = &source.extract {
         store.check_object(&extract.name)?;
@@ -44,21 +53,36 @@ pub(super) async fn data_from(
             };
             entries.push((field, SecretBytes::new(bytes), secret.version.clone()));
         }
-        return Ok(entries);
+        return Ok(Entries { keys: entries, skipped: Vec::new() });
     }
-    let Some(find) = &source.find else { return Ok(Vec::new()) };
-    // Names outside the namespace's allowlist are skipped, not fetched.
-    let names: Vec<String> =
-        store.backend.list(&find.path).await?.into_iter().filter(|name| store.check_object(name).is_ok()).collect();
+    let Some(find) = &source.find else { return Ok(Entries::default()) };
+    // Names outside the namespace's allowlist are skipped, not fetched; so are objects the vault says cannot be read
+    // now (one disabled secret under a prefix must not stop the whole VaultSecret), which the status names.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut found = Entries::default();
+    let mut names = Vec::new();
+    for listed in store.backend.list(&find.path).await? {
+        if store.check_object(&listed.name).is_err() {
+            continue;
+        }
+        match listed.unreadable(now) {
+            Some(reason) => found.skipped.push((listed.name, reason)),
+            None => names.push(listed.name),
+        }
+    }
     // An empty result (a renamed or deleted folder, a narrowed allowlist) must not empty the Secret: refuse it.
     if names.is_empty() {
+        let skipped = if found.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} found cannot be read: disabled, expired or not yet valid)", found.skipped.len())
+        };
         return Err(NotSynced::new(
             "NoObjectsFound",
-            format!("dataFrom.find found no object under {:?} that this namespace may read", find.path),
+            format!("dataFrom.find found no object under {:?} that this namespace may read{skipped}", find.path),
             Duration::from_secs(120),
         ));
     }
-    let mut entries: Vec<(String, SecretBytes, String)> = Vec::new();
     let mut origin = std::collections::BTreeMap::new();
     for name in names {
         let key: String = name
@@ -78,7 +102,7 @@ pub(super) async fn data_from(
         }
         let secret = ctx.cache.get(store.backend.as_ref(), &VaultObject::latest(name.clone()), max_age).await?;
         let value = render::decode(secret.value.expose().to_vec(), find.decoding, &name)?;
-        entries.push((key, SecretBytes::new(value), secret.version));
+        found.keys.push((key, SecretBytes::new(value), secret.version));
     }
-    Ok(entries)
+    Ok(found)
 }

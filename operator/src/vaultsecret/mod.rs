@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{instrument, warn};
 use vaultsync_api::{ClusterVaultStore, VaultSecret, VaultStore, secret::StoreKind};
 use vaultsync_backend::cache::ReadCache;
+use vaultsync_stores::Stores;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -43,7 +44,6 @@ use crate::{
     metrics::Metrics,
     render::SecretData,
     rollout::{Rollouts, Statuses},
-    stores::Stores,
 };
 
 mod cleanup;

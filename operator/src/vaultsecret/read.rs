@@ -5,18 +5,18 @@ use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
 use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes, budget};
+use vaultsync_stores::ResolvedStore;
 
 use super::{Sync, data_from::data_from, plan, status::NotSynced};
-use crate::{
-    render::{self, SecretData},
-    stores::ResolvedStore,
-};
+use crate::render::{self, SecretData};
 
 /// What a read produced.
 pub(super) struct Fetched {
     pub data: SecretData,
     /// The vault version behind each key.
     pub versions: BTreeMap<String, String>,
+    /// Objects `dataFrom.find` found but could not read, and why.
+    pub skipped: Vec<(String, &'static str)>,
 }
 
 impl Sync<'_> {
@@ -54,10 +54,13 @@ impl Sync<'_> {
         let fetched = try_join_all(reads).await?;
         let mut data = SecretData::new();
         let mut versions = BTreeMap::new();
+        let mut skipped = Vec::new();
         // dataFrom first: a key also named in `data` takes its value from `data`. Two dataFrom entries giving one key
         // are refused: which value wins would be an accident of order.
         for (index, source) in self.vs.spec.data_from.iter().enumerate() {
-            for (key, value, version) in data_from(self.ctx, store, source, read.max_age).await? {
+            let entries = data_from(self.ctx, store, source, read.max_age).await?;
+            skipped.extend(entries.skipped);
+            for (key, value, version) in entries.keys {
                 if data.contains_key(&key) {
                     return Err(NotSynced::new(
                         "KeyConflict",
@@ -76,6 +79,6 @@ impl Sync<'_> {
             data.insert(item.secret_key.clone(), SecretBytes::new(value));
             versions.insert(item.secret_key.clone(), secret.version);
         }
-        Ok(Fetched { data, versions })
+        Ok(Fetched { data, versions, skipped })
     }
 }

@@ -14,7 +14,9 @@ use tracing::warn;
 use vaultsync_api::{Condition, VaultSecret, VaultSecretStatus, condition::READY};
 
 use super::{Error, FIELD_MANAGER, Sync, jittered, timestamp};
-use crate::{render::RenderError, stores::StoreError};
+use vaultsync_stores::StoreError;
+
+use crate::render::RenderError;
 
 /// Why a sync did not happen; reported in the `Ready` condition and an Event. The Secret is left exactly as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]

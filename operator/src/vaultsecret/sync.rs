@@ -11,7 +11,7 @@ use kube::{
 };
 use rand::Rng as _;
 use tracing::info;
-use vaultsync_api::VaultSecretStatus;
+use vaultsync_api::{VaultSecretStatus, secret::SkippedObject};
 
 use super::{
     Error, Sync,
@@ -19,6 +19,8 @@ use super::{
     status::NotSynced,
     target::Target,
 };
+use vaultsync_stores::Requester;
+
 use crate::render;
 
 impl Sync<'_> {
@@ -90,7 +92,12 @@ impl Sync<'_> {
         read: plan::Read,
         force: Option<String>,
     ) -> Result<Action, Failure> {
-        let store = self.ctx.stores.resolve(self.vs).await.map_err(NotSynced::from)?;
+        let store = self
+            .ctx
+            .stores
+            .resolve(&self.namespace, &self.vs.spec.store_ref, Requester::Operator)
+            .await
+            .map_err(NotSynced::from)?;
         self.check_allowed(&store)?;
         // Ownership before any vault call: a Secret this VaultSecret may not write costs the vault nothing.
         let target = self.target().await?;
@@ -126,6 +133,12 @@ impl Sync<'_> {
                 status.content_changed_at.clone()
             },
             force_sync: force,
+            skipped_objects: fetched
+                .skipped
+                .iter()
+                .take(100)
+                .map(|(name, reason)| SkippedObject { name: name.clone(), reason: reason.to_string() })
+                .collect(),
         };
         self.patch_status(&new_status).await.map_err(Failure::Kube)?;
         if content_changed {
@@ -150,8 +163,8 @@ impl From<NotSynced> for Failure {
     }
 }
 
-impl From<crate::stores::StoreError> for Failure {
-    fn from(error: crate::stores::StoreError) -> Self {
+impl From<vaultsync_stores::StoreError> for Failure {
+    fn from(error: vaultsync_stores::StoreError) -> Self {
         Failure::NotSynced(error.into())
     }
 }

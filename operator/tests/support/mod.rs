@@ -29,6 +29,8 @@ use vaultsync_operator::Args;
 
 pub const READER_SA: &str = "vaultsync-reader";
 pub const CLIENT_ID: &str = "app-reader";
+/// The tenant of the test vault and its stores.
+pub const TENANT: &str = "tenant-1";
 
 /// Everything a test needs.
 pub struct Env {
@@ -121,8 +123,19 @@ impl Env {
             audience: "api://AzureADTokenExchange".into(),
             access_token: access_token.clone(),
         };
-        let entra = EntraServer::start(ns.client.clone(), vec![federation]).await.expect("entra");
-        let vault = KeyVaultServer::start().await.expect("vault");
+        // The vault's 401 challenge names the store's tenant and the vault's own origin as the resource, which the
+        // Entra server issues tokens for.
+        let vault = KeyVaultServer::builder()
+            .authority("https://login.microsoftonline.com", TENANT)
+            .start()
+            .await
+            .expect("vault");
+        let entra = EntraServer::builder(Some(ns.client.clone()))
+            .federation(federation)
+            .resource(vault.challenge_resource())
+            .start()
+            .await
+            .expect("entra");
         vault.require_bearer(Some(access_token));
         let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
         let operator_client = vaultsync_e2e::chart::operator_client(&ns, &[]).await;
@@ -145,7 +158,7 @@ impl Env {
     pub fn store_spec(&self) -> Value {
         json!({ "provider": { "azureKeyVault": {
             "vaultUrl": self.vault.url(),
-            "tenantId": "tenant-1",
+            "tenantId": TENANT,
             "cloud": "Custom",
             "authorityHost": self.entra.authority_host(),
             "caBundle": TestCa::shared().ca_pem(),
