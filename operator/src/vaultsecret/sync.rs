@@ -105,7 +105,11 @@ impl Sync<'_> {
         let hmac = render::data_hmac(&self.ctx.hmac_key, &fetched.data);
         let content_changed = status.data_hmac.as_deref() != Some(hmac.as_str());
         let keys: BTreeSet<String> = fetched.data.keys().cloned().collect();
-        let matches = !content_changed && target != Target::Absent && self.secret_matches(&hmac, &keys).await?;
+        // A spec change may change the Secret's type, labels or annotations without changing its data: write then too.
+        let matches = !content_changed
+            && read.reason != ReadReason::SpecChanged
+            && target != Target::Absent
+            && self.secret_matches(&hmac, &keys).await?;
         if matches {
             self.ctx.metrics.sync("unchanged");
         } else {
