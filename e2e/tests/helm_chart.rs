@@ -447,3 +447,28 @@ async fn service_account_has_exactly_the_rights_it_needs() {
     let out = tools.helm(&["uninstall", "rbac", "--namespace", &ns.name]).await;
     assert_success(&out, "helm uninstall");
 }
+
+#[tokio::test]
+async fn the_event_grid_endpoint_reaches_the_leader_only() {
+    let ns = TestNamespace::new("helm-eventgrid").await;
+    install_crds(&ns.client).await;
+    let tools = HelmTools::new();
+    let off = tools.render(&ns.name, &[]).await;
+    assert!(of_kind(&off, "Service").iter().all(|s| !s.contains("name: vs-vaultsync-eventgrid")), "none by default");
+    assert!(!one_of_kind(&off, "Role").contains("pods"), "no right on pods without the endpoint");
+    assert!(!one_of_kind(&off, "Deployment").contains("VAULTSYNC_LABEL_LEADER_POD"));
+
+    let on = tools
+        .render(&ns.name, &["--set", "eventGrid.enabled=true", "--set", "eventGrid.keySecret.name=grid-key"])
+        .await;
+    let service =
+        of_kind(&on, "Service").into_iter().find(|s| s.contains("name: vs-vaultsync-eventgrid")).expect("Service");
+    assert!(service.contains("vaultsync.dev/leader: \"true\""), "only the leader's pod is selected:\n{service}");
+    let role = one_of_kind(&on, "Role");
+    assert!(role.contains("pods") && role.contains("patch"), "the replicas label their own pods:\n{role}");
+    assert!(
+        one_of_kind(&on, "Deployment").contains("- name: VAULTSYNC_LABEL_LEADER_POD\n              value: \"true\"")
+    );
+    let apply = tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(on)).await;
+    assert_success(&apply, "kubectl apply --dry-run=server (Event Grid on)");
+}

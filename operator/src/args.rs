@@ -25,6 +25,11 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
 
+    /// Label this replica's pod (`--pod-name` in `--namespace`) `vaultsync.dev/leader: "true"` while it leads, and
+    /// remove the label while it stands by, so a Service can select the leader (the Event Grid endpoint's does).
+    #[arg(long, env = "VAULTSYNC_LABEL_LEADER_POD", default_value_t = false, action = clap::ArgAction::Set)]
+    pub label_leader_pod: bool,
+
     /// The Lease name for leader election.
     #[arg(long, env = "VAULTSYNC_LEASE_NAME", default_value = "vaultsync-operator")]
     pub lease_name: String,
