@@ -64,7 +64,12 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     env.apply_vault_secret("one", one_key("k", "ha-object")).await;
     env.wait_secret_value("one", "k", "ha-secret-value").await;
     env.wait_reason("one", "Synced").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The standby is up and standing by (ready, serving metrics) while the leader wrote.
+    let standby = ports[1];
+    eventually(Duration::from_secs(15), "the standby to be ready", || async move {
+        (support::http_get(standby, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     let writes = "vaultsync_apiserver_writes_total";
     assert!(metric_sum(ports[0], writes).await > 0, "the leader wrote");
     assert_eq!(metric_sum(ports[1], writes).await, 0, "the standby wrote nothing");
