@@ -141,6 +141,9 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"30s\"",
         "- name: VAULTSYNC_DEFAULT_RPS\n              value: \"50\"",
         "- name: VAULTSYNC_DEFAULT_BURST\n              value: \"100\"",
+        "- name: VAULTSYNC_ALLOWED_TOKEN_AUDIENCES\n              value: \"api://AzureADTokenExchange,vault\"",
+        "- name: VAULTSYNC_OPERATOR_IDENTITY_IN_VAULT_STORES\n              value: \"false\"",
+        "- name: VAULTSYNC_RECONCILE_TIMEOUT\n              value: \"2m\"",
     ] {
         assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
     }
