@@ -5,9 +5,10 @@
 //! (`/{tenant}/v2.0/.well-known/openid-configuration`), and the client-credentials grant at
 //! `/{tenant}/oauth2/v2.0/token` with a client secret, a certificate-signed client assertion, or a
 //! federated (workload identity) assertion. A federated assertion is checked as Entra does: the
-//! issuer's discovery document and JWKS are fetched (the local apiserver is the issuer), the RS256
-//! signature (RS256, or the apiserver's ES256) is verified with the JWKS key, then `iss`, `sub`, `aud`, `exp` and `nbf` are matched
-//! against the configured federated credentials. Scopes are `<resource>/.default` for a resource
+//! issuer's discovery document and JWKS are fetched (the local apiserver is the issuer), the
+//! signature (RS256, or the ES256 the local apiserver signs with) is verified with the JWKS key,
+//! then `iss`, `sub`, `aud`, `exp` and `nbf` are matched against the configured federated
+//! credentials. Scopes are `<resource>/.default` for a resource
 //! the server knows. Faults (429 with `Retry-After`, 5xx, IMDS 404/410) can be injected for a
 //! number of calls, and every grant is counted. Nothing is logged.
 
