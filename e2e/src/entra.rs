@@ -154,8 +154,7 @@ impl EntraBuilder {
             certificates: self.certificates.into_iter().map(|c| (c.client_id.clone(), c)).collect(),
             secrets: self.secrets.into_iter().map(|s| (s.client_id.clone(), s)).collect(),
             identities: self.identities,
-            resources: self.resources,
-            state: Mutex::default(),
+            state: Mutex::new(Mutable { resources: self.resources, ..Mutable::default() }),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         });
@@ -180,6 +179,8 @@ impl EntraBuilder {
 struct Mutable {
     faults: VecDeque<Fault>,
     calls: HashMap<Grant, u64>,
+    /// Resources tokens may be asked for besides the public Key Vault one.
+    resources: BTreeSet<String>,
 }
 
 struct Shared {
@@ -190,7 +191,6 @@ struct Shared {
     certificates: HashMap<String, CertificateCredential>,
     secrets: HashMap<String, ClientSecret>,
     identities: Vec<ManagedIdentity>,
-    resources: BTreeSet<String>,
     state: Mutex<Mutable>,
     issued: AtomicU64,
     refused: AtomicU64,
@@ -226,7 +226,7 @@ impl Shared {
 
     fn knows(&self, resource: &str) -> bool {
         let resource = resource.trim_end_matches('/');
-        resource == KEY_VAULT_RESOURCE || self.resources.contains(resource)
+        resource == KEY_VAULT_RESOURCE || self.lock().resources.contains(resource)
     }
 }
 
@@ -272,6 +272,12 @@ impl EntraServer {
     ) -> anyhow::Result<Self> {
         let builder = federations.into_iter().fold(Self::builder(Some(kube)), EntraBuilder::federation);
         certificates.into_iter().fold(builder, EntraBuilder::certificate).start().await
+    }
+
+    /// Knows `resource` from now on (such as the challenge resource of a vault started after this
+    /// server), as [`EntraBuilder::resource`] does.
+    pub fn add_resource(&self, resource: &str) {
+        self.shared.lock().resources.insert(resource.trim_end_matches('/').to_string());
     }
 
     /// The authority host to configure (`https://localhost:PORT`).
