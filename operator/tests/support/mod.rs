@@ -57,6 +57,13 @@ impl Drop for Env {
         if !std::thread::panicking() {
             vaultsync_e2e::liveness::check();
             assert!(self.finished, "a test must end with `env.finish().await`, which scans for leaked values");
+        } else if let Some(logs) = LOGS.get() {
+            // A failed test: keep the operator's logs (of this test binary) next to the other test logs.
+            let file = vaultsync_e2e::process::log_dir().join(format!("operator-{}.log", self.ns.name));
+            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
+            if std::fs::write(&file, logs).is_ok() {
+                eprintln!("the operator's logs: {}", file.display());
+            }
         }
     }
 }
