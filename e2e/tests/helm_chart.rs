@@ -1,17 +1,9 @@
 //! The Helm chart in `charts/vaultsync`: it lints, renders objects the real apiserver accepts, installs into a
 //! namespace (the controller manager then makes the operator's ReplicaSet), and grants the operator's service
-//! account exactly the rights it needs, checked with `kubectl auth can-i`.
-//!
-//! helm and kubectl run with a throwaway HOME and HELM_* folders in the temp folder, so nothing is written to the
-//! user's home.
+//! account exactly the rights it needs, checked with `kubectl auth can-i`. Running the chart's operator on a real
+//! node is in `node.rs`.
 
-use std::{
-    collections::BTreeSet,
-    io::Write as _,
-    path::PathBuf,
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
@@ -20,101 +12,11 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role},
 };
 use kube::{Api, api::ListParams};
-use vaultsync_e2e::{ControlPlane, TestNamespace, eventually, install_crds, process::tool};
-
-/// The repository root; the chart is `charts/vaultsync` below it.
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-const CHART: &str = "charts/vaultsync";
-
-/// Runs helm and kubectl against the shared control plane with private, temporary home folders.
-struct Tools {
-    home: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Tools {
-    fn new() -> Self {
-        let home = std::env::temp_dir().join(format!("vaultsync-helm-test-{}", uuid::Uuid::new_v4().simple()));
-        for dir in ["cache", "config", "data", "home"] {
-            std::fs::create_dir_all(home.join(dir)).expect("creating the helm home folders");
-        }
-        Self { home, kubeconfig: ControlPlane::shared().kubeconfig_path().to_path_buf() }
-    }
-
-    /// Like `new`, for tests that never talk to the apiserver (no control plane is started).
-    fn offline() -> Self {
-        let home = std::env::temp_dir().join(format!("vaultsync-helm-test-{}", uuid::Uuid::new_v4().simple()));
-        for dir in ["cache", "config", "data", "home"] {
-            std::fs::create_dir_all(home.join(dir)).expect("creating the helm home folders");
-        }
-        let kubeconfig = home.join("no-kubeconfig");
-        Self { home, kubeconfig }
-    }
-
-    fn command(&self, tool_name: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(tool(tool_name).expect("the tool is built"));
-        cmd.args(args)
-            .current_dir(repo_root())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.home.join("home"))
-            .env("HELM_CACHE_HOME", self.home.join("cache"))
-            .env("HELM_CONFIG_HOME", self.home.join("config"))
-            .env("HELM_DATA_HOME", self.home.join("data"));
-        cmd
-    }
-
-    /// Runs `helm args`, off the async runtime's thread.
-    async fn helm(&self, args: &[&str]) -> Output {
-        run(self.command("helm", args), None).await
-    }
-
-    /// Runs `kubectl args`, with `stdin` as its standard input when given.
-    async fn kubectl(&self, args: &[&str], stdin: Option<String>) -> Output {
-        run(self.command("kubectl", args), stdin).await
-    }
-
-    /// `helm template` with the given extra arguments; panics unless it succeeds.
-    async fn render(&self, namespace: &str, extra: &[&str]) -> String {
-        let mut args = vec!["template", "vs", CHART, "--namespace", namespace];
-        args.extend_from_slice(extra);
-        let out = self.helm(&args).await;
-        assert_success(&out, "helm template");
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-}
-
-impl Drop for Tools {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-async fn run(mut cmd: Command, stdin: Option<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("stdin pipe");
-            pipe.write_all(input.as_bytes()).expect("writing stdin");
-        }
-        child.wait_with_output().expect("waiting for the command")
-    })
-    .await
-    .expect("the command's thread")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed ({}):\n{}", out.status, text(out));
-}
+use vaultsync_e2e::{
+    ControlPlane, TestNamespace,
+    cli::{CHART, Tools, assert_success, can_i, repo_root, text},
+    eventually, install_crds,
+};
 
 /// The documents of a multi-document YAML stream.
 fn documents(yaml: &str) -> Vec<&str> {
@@ -235,7 +137,7 @@ fn chart_crds_are_the_generated_ones() {
 async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
     let ns = TestNamespace::new("helm-render").await;
     install_crds(&ns.client).await;
-    let tools = Tools::new();
+    let tools = Tools::new(ControlPlane::shared());
 
     let yaml = tools.render(&ns.name, &["--set", "image.tag=test"]).await;
     let apply =
@@ -361,7 +263,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
 async fn helm_install_creates_the_operator_and_its_rights() {
     let ns = TestNamespace::new("helm-install").await;
     install_crds(&ns.client).await;
-    let tools = Tools::new();
+    let tools = Tools::new(ControlPlane::shared());
 
     let out =
         tools.helm(&["install", "vs", CHART, "--namespace", &ns.name, "--skip-crds", "--set", "image.tag=test"]).await;
@@ -468,7 +370,7 @@ async fn same_release_name_in_two_namespaces_does_not_clash() {
     let first = TestNamespace::new("helm-twice-a").await;
     let second = TestNamespace::new("helm-twice-b").await;
     install_crds(&first.client).await;
-    let tools = Tools::new();
+    let tools = Tools::new(ControlPlane::shared());
     for ns in [&first, &second] {
         let out = tools
             .helm(&["install", "twin", CHART, "--namespace", &ns.name, "--skip-crds", "--set", "image.tag=test"])
@@ -498,27 +400,12 @@ async fn same_release_name_in_two_namespaces_does_not_clash() {
     assert_success(&out, "helm uninstall");
 }
 
-/// `kubectl auth can-i` as the operator's service account; true for "yes".
-async fn can_i(tools: &Tools, service_account: &str, args: &[&str]) -> bool {
-    let mut all = vec!["auth", "can-i"];
-    all.extend_from_slice(args);
-    let as_user = format!("--as={service_account}");
-    all.push(&as_user);
-    let out = tools.kubectl(&all, None).await;
-    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    match answer.as_str() {
-        "yes" => true,
-        "no" => false,
-        _ => panic!("kubectl auth can-i {args:?}: unexpected answer:\n{}", text(&out)),
-    }
-}
-
 #[tokio::test]
 async fn service_account_has_exactly_the_rights_it_needs() {
     let ns = TestNamespace::new("helm-rbac").await;
     let other = TestNamespace::new("helm-rbac-other").await;
     install_crds(&ns.client).await;
-    let tools = Tools::new();
+    let tools = Tools::new(ControlPlane::shared());
     let out = tools
         .helm(&["install", "rbac", CHART, "--namespace", &ns.name, "--skip-crds", "--set", "image.tag=test"])
         .await;

@@ -14,10 +14,12 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams},
 };
 use serde_json::{Value, json};
-use support::{Env, READER_SA, assert_logs_free_of};
+use support::{Env, assert_logs_free_of};
 use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_e2e::{
-    TestNamespace, eventually, install_crds,
+    TestNamespace,
+    azure::READER_SA,
+    eventually, install_crds,
     openbao::{AppRole, BaoClient, OpenBao as BaoServer, shared_with_root, unique},
 };
 

@@ -11,24 +11,14 @@ use std::{
 };
 
 use clap::Parser as _;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::{
-    Api,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
-};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_e2e::{
-    TestNamespace,
-    entra::{EntraServer, Federation},
-    eventually, install_crds,
-    keyvault::KeyVaultServer,
-    tls::TestCa,
+    TestNamespace, azure::AzureVault, entra::EntraServer, eventually, install_crds, keyvault::KeyVaultServer,
 };
 use vaultsync_operator::Args;
-
-pub const READER_SA: &str = "vaultsync-reader";
-pub const CLIENT_ID: &str = "app-reader";
 
 /// Everything a test needs.
 pub struct Env {
@@ -98,22 +88,7 @@ impl Env {
         capture_logs();
         let ns = TestNamespace::new(prefix).await;
         install_crds(&ns.client).await;
-        let accounts: Api<ServiceAccount> = ns.api();
-        let sa = ServiceAccount {
-            metadata: ObjectMeta { name: Some(READER_SA.into()), ..Default::default() },
-            ..Default::default()
-        };
-        accounts.create(&PostParams::default(), &sa).await.expect("service account");
-        let access_token = format!("token-for-{}", ns.name);
-        let federation = Federation {
-            client_id: CLIENT_ID.into(),
-            subject: format!("system:serviceaccount:{}:{READER_SA}", ns.name),
-            audience: "api://AzureADTokenExchange".into(),
-            access_token: access_token.clone(),
-        };
-        let entra = EntraServer::start(ns.client.clone(), vec![federation]).await.expect("entra");
-        let vault = KeyVaultServer::start().await.expect("vault");
-        vault.require_bearer(Some(access_token));
+        let AzureVault { vault, entra } = AzureVault::start(&ns).await;
         let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
         let mut env = Env { ns, metrics_port, vault, entra, operator: None };
         env.apply_store("kv", env.store_spec()).await;
@@ -123,14 +98,7 @@ impl Env {
 
     /// The spec of a store on the test vault, using workload identity with the reader account.
     pub fn store_spec(&self) -> Value {
-        json!({ "provider": { "azureKeyVault": {
-            "vaultUrl": self.vault.url(),
-            "tenantId": "tenant-1",
-            "cloud": "Custom",
-            "authorityHost": self.entra.authority_host(),
-            "caBundle": TestCa::shared().ca_pem(),
-            "auth": { "workloadIdentity": { "serviceAccountRef": { "name": READER_SA }, "clientId": CLIENT_ID } },
-        }}})
+        vaultsync_e2e::azure::store_spec(&self.vault, &self.entra)
     }
 
     pub fn operator_args(&self) -> Args {
