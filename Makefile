@@ -10,12 +10,15 @@ CARGO ?= cargo
 
 all: test
 
-## tools: build the local control plane and install the backend servers (cached)
+## tools: build the local control plane, its node and the node's images, install the backend servers (cached)
 tools:
 	@scripts/build-controlplane.sh
+	@scripts/build-node.sh
+	@scripts/build-images.sh
 	@scripts/install-emulators.sh
 
-## test: build what is needed and run every test against the real components
+## test: build what is needed and run every test against the real components (VAULTSYNC_SKIP_NODE_TESTS=1 skips
+## the tests that run pods on the node, and building the node)
 test: tools
 	$(CARGO) test --workspace --locked
 
