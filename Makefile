@@ -10,12 +10,14 @@ CARGO ?= cargo
 
 all: test
 
-## tools: build the local control plane, its node and the node's images, install the backend servers (cached)
+## tools: build the local control plane, its node and the node's images, install the backend servers and the Azure
+## SDK (cached)
 tools:
 	@scripts/build-controlplane.sh
 	@scripts/build-node.sh
 	@scripts/build-images.sh
 	@scripts/install-emulators.sh
+	@scripts/install-azure-sdk.sh
 
 ## test: build what is needed and run every test against the real components (VAULTSYNC_SKIP_NODE_TESTS=1 skips
 ## the tests that run pods on the node, and building the node)

@@ -75,7 +75,7 @@ pub struct Provider {
 #[x_kube(validation = Rule::new("(self.cloud == 'Custom') == has(self.authorityHost)").message("authorityHost is required with cloud Custom and not allowed otherwise"))]
 pub struct AzureKeyVaultProvider {
     /// The vault's URL, such as `https://my-vault.vault.azure.net`.
-    #[schemars(regex(pattern = r"^https://[^/?#]+/?$"), length(max = 2048))]
+    #[schemars(regex(pattern = r"^https://[^/?#@]+/?$"), length(max = 2048))]
     pub vault_url: String,
     /// The Microsoft Entra tenant (directory) ID.
     #[schemars(regex(pattern = r"^[0-9A-Za-z.-]{1,64}$"))]
@@ -185,10 +185,15 @@ const MOUNT_PATTERN: &str = r"^[A-Za-z0-9_][-A-Za-z0-9_.]*(/[A-Za-z0-9_][-A-Za-z
 /// field. KV v1 keeps no versions: its secrets report the version `kv-v1`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.server.startsWith('https://') || (has(self.insecureHttp) && self.insecureHttp)").message("server must be an https URL; a plain http server needs insecureHttp: true"))]
 pub struct OpenBaoProvider {
     /// The server's address, such as `https://bao.example.com:8200`.
-    #[schemars(regex(pattern = r"^https?://[^/?#]+(/[^?#]*)?$"), length(max = 2048))]
+    #[schemars(regex(pattern = r"^https?://[^/?#@]+(/[^?#]*)?$"), length(max = 2048))]
     pub server: String,
+    /// Allow a plain `http://` server (a sidecar on localhost, a test server): logins, tokens and secret values then
+    /// cross the network unencrypted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
     /// PEM CA bundle to trust for the server; the public roots are used when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 65536))]

@@ -1,31 +1,189 @@
-//! The Azure Key Vault secrets client: bearer tokens with the 401 challenge, 429 with
-//! `Retry-After`, 5xx and transport failures retried with jittered exponential backoff, every
-//! attempt paid for from the store's request budget and reported to an observer (metrics); the
-//! attempt loop is shared with the other vault clients (`crate::http`).
+//! The Azure Key Vault secrets client.
 //!
-//! Written on reqwest rather than the official SDK crates so that each HTTP attempt passes
-//! through our budget, retry policy and call counting; see docs/architecture.md.
+//! An [`AzureEndpoint`] is one vault as a store configures it (URL, api-version, HTTP client with its CA bundle,
+//! the store's request budget, retry policy and call observer, and the vault's bearer challenge); an
+//! [`AzureKeyVault`] reads from it with one identity's token source. Many identities share one endpoint: the CSI
+//! provider reads one vault with each pod's own identity, and they all pay from the store's one budget.
+//!
+//! Tokens follow the vault's 401 challenge, as Microsoft's SDKs do: the first call goes without a token, the
+//! `WWW-Authenticate: Bearer authorization="…/<tenant>", resource="…"` (or `scope="…"`) answer says which tenant the
+//! vault belongs to and which scope to ask for, and is kept for the endpoint. A challenge whose resource is not the
+//! vault's own domain is refused (a vault must not make us ask for a token to something else). A later 401 with a
+//! new challenge renews the token once.
+//!
+//! Written on reqwest rather than the official SDK crates so that each HTTP attempt passes through our budget,
+//! retry policy and call counting; see docs/architecture.md.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use reqwest::{Url, header::HeaderMap};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-pub(crate) use crate::http::describe;
 pub use crate::http::{CallObserver, RetryPolicy, http_client};
 use crate::{
-    Backend, Error, FetchedSecret, ObjectRef, Result, SecretBytes, budget::RequestBudget, http::Caller,
-    token::TokenSource,
+    Backend, Error, FetchedSecret, Listed, ObjectRef, Result, SecretBytes,
+    budget::RequestBudget,
+    http::Caller,
+    identity::{Endpoint, Identity, Principal},
+    token::{TokenScope, TokenSource},
 };
 
-pub struct AzureKeyVault {
+/// One Key Vault as a store configures it, shared by every identity that reads from it.
+pub struct AzureEndpoint {
     http: reqwest::Client,
     vault_url: String,
+    origin: Origin,
     api_version: String,
-    credential: Arc<dyn TokenSource>,
-    identity: String,
     caller: Caller,
+    /// What the vault's last challenge asked for.
+    challenge: Mutex<Option<TokenScope>>,
+    /// Held while the challenge is asked for, so concurrent first calls share one.
+    probing: tokio::sync::Mutex<()>,
+}
+
+/// Scheme, host (lowercase) and port of a URL: what `nextLink`s and challenges are compared by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl Origin {
+    fn of(url: &str) -> Option<Origin> {
+        let url = Url::parse(url).ok()?;
+        Some(Origin {
+            scheme: url.scheme().to_ascii_lowercase(),
+            host: url.host_str()?.to_ascii_lowercase(),
+            port: url.port_or_known_default(),
+        })
+    }
+}
+
+impl AzureEndpoint {
+    /// `vault_url` such as `https://my-vault.vault.azure.net`.
+    pub fn new(http: reqwest::Client, vault_url: &str, api_version: &str) -> Result<Self> {
+        let vault_url = vault_url.trim_end_matches('/').to_string();
+        let origin = Origin::of(&vault_url)
+            .ok_or_else(|| Error::InvalidConfig { message: format!("vault URL {vault_url:?} is not a URL") })?;
+        Ok(Self {
+            http,
+            vault_url,
+            origin,
+            api_version: api_version.to_string(),
+            caller: Caller::new(|body| body["error"]["message"].as_str().map(str::to_string)),
+            challenge: Mutex::default(),
+            probing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Calls pay from `budget` (the store's) and are reported to `observer`.
+    pub fn metered(mut self, budget: Option<Arc<RequestBudget>>, observer: Option<CallObserver>) -> Self {
+        self.caller.budget = budget;
+        self.caller.observer = observer;
+        self
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.caller.retry = retry;
+        self
+    }
+
+    /// The store's budget and observer, for its token source.
+    pub fn metering(&self) -> (Option<Arc<RequestBudget>>, Option<CallObserver>) {
+        (self.caller.budget.clone(), self.caller.observer.clone())
+    }
+
+    pub fn vault_url(&self) -> &str {
+        &self.vault_url
+    }
+
+    /// Reads a bearer challenge from a 401's headers, if it is one this vault may make.
+    fn take_challenge(&self, headers: &HeaderMap) -> Option<Result<TokenScope>> {
+        let header = headers.get(reqwest::header::WWW_AUTHENTICATE)?.to_str().ok()?;
+        let parsed = parse_challenge(header, &self.origin.host);
+        if let Ok(scope) = &parsed {
+            *self.challenge.lock().expect("challenge lock") = Some(scope.clone());
+        }
+        Some(parsed)
+    }
+
+    /// What to ask a token for: the vault's challenge, asked for once (a request without a token) if not known.
+    async fn scope(&self) -> Result<TokenScope> {
+        if let Some(scope) = self.challenge.lock().expect("challenge lock").clone() {
+            return Ok(scope);
+        }
+        let _probing = self.probing.lock().await;
+        if let Some(scope) = self.challenge.lock().expect("challenge lock").clone() {
+            return Ok(scope);
+        }
+        let url = format!("{}/secrets", self.vault_url);
+        let request = || {
+            let query = [("api-version", self.api_version.as_str()), ("maxresults", "1")];
+            std::future::ready(Ok(self.http.get(&url).query(&query)))
+        };
+        let mut refused = None;
+        let answer = self
+            .caller
+            .send("challenge", "the vault's challenge", request, |headers| {
+                refused = self.take_challenge(headers);
+                false
+            })
+            .await;
+        match (refused, answer) {
+            (Some(challenge), _) => challenge,
+            (None, Ok(_)) => Err(Error::Protocol { message: "the vault answered without asking for a token".into() }),
+            (None, Err(Error::Unauthenticated { .. })) => {
+                Err(Error::Protocol { message: "the vault refused without a bearer challenge".into() })
+            }
+            (None, Err(e)) => Err(e),
+        }
+    }
+}
+
+/// Parses `Bearer authorization="https://login.microsoftonline.com/<tenant>", resource="https://vault.azure.net"`
+/// (or `authorization_uri=`, `scope=`) into the scope and tenant to ask a token for. The resource must be the vault's
+/// own domain (`vault_host` ends with it), as Microsoft's SDKs check.
+pub fn parse_challenge(header: &str, vault_host: &str) -> Result<TokenScope> {
+    let refuse = |why: String| Error::Unauthenticated { message: format!("the vault's bearer challenge {why}") };
+    let Some(parameters) = header.trim().strip_prefix("Bearer ").or_else(|| header.trim().strip_prefix("bearer "))
+    else {
+        return Err(refuse("is not a Bearer challenge".into()));
+    };
+    let mut fields = std::collections::HashMap::new();
+    for part in parameters.split(',') {
+        if let Some((key, value)) = part.split_once('=') {
+            fields.insert(key.trim().to_ascii_lowercase(), value.trim().trim_matches('"').to_string());
+        }
+    }
+    let authorization = fields.get("authorization").or_else(|| fields.get("authorization_uri"));
+    let tenant = authorization
+        .and_then(|a| Url::parse(a).ok())
+        .and_then(|url| url.path_segments()?.find(|s| !s.is_empty()).map(str::to_string));
+    let scope = match (fields.get("scope"), fields.get("resource")) {
+        (Some(scope), _) => scope.clone(),
+        (None, Some(resource)) => format!("{}/.default", resource.trim_end_matches('/')),
+        (None, None) => return Err(refuse("names no resource or scope".into())),
+    };
+    let resource = scope.strip_suffix("/.default").unwrap_or(&scope);
+    let resource_host = Url::parse(resource)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+        .ok_or_else(|| refuse(format!("names the resource {resource:?}, which is not a URL")))?;
+    let vault_host = vault_host.to_ascii_lowercase();
+    if vault_host != resource_host && !vault_host.ends_with(&format!(".{resource_host}")) {
+        return Err(refuse(format!("asks for a token to {resource}, which is not this vault's domain ({vault_host})")));
+    }
+    Ok(TokenScope { scope, tenant })
+}
+
+/// Reads a Key Vault with one identity.
+pub struct AzureKeyVault {
+    endpoint: Arc<AzureEndpoint>,
+    credential: Arc<dyn TokenSource>,
+    identity: Identity,
 }
 
 #[derive(Deserialize)]
@@ -37,45 +195,20 @@ struct SecretBundle {
 }
 
 impl AzureKeyVault {
-    /// `identity` names the principal (tenant and client ID) so that cached reads are shared only
-    /// by callers that authenticate the same way.
-    pub fn new(
-        http: reqwest::Client,
-        vault_url: &str,
-        api_version: &str,
-        credential: Arc<dyn TokenSource>,
-        identity: &str,
-    ) -> Self {
-        let vault_url = vault_url.trim_end_matches('/').to_string();
-        Self {
-            identity: format!("azure-key-vault|{vault_url}|{identity}"),
-            http,
-            vault_url,
-            api_version: api_version.to_string(),
-            credential,
-            caller: Caller::new(|body| body["error"]["message"].as_str().map(str::to_string)),
-        }
-    }
-
-    pub fn with_budget(mut self, budget: Arc<RequestBudget>) -> Self {
-        self.caller.budget = Some(budget);
-        self
-    }
-
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.caller.retry = retry;
-        self
-    }
-
-    pub fn with_observer(mut self, observer: CallObserver) -> Self {
-        self.caller.observer = Some(observer);
-        self
+    /// Reads from `endpoint` with tokens from `credential`, which authenticates as `principal`.
+    pub fn new(endpoint: Arc<AzureEndpoint>, credential: Arc<dyn TokenSource>, principal: Principal) -> Self {
+        let identity = Identity {
+            endpoint: Endpoint::AzureKeyVault { vault_url: endpoint.vault_url.to_ascii_lowercase() },
+            principal,
+        };
+        Self { endpoint, credential, identity }
     }
 
     async fn get_secret(&self, object: &ObjectRef) -> Result<FetchedSecret> {
+        let base = &self.endpoint.vault_url;
         let url = match &object.version {
-            Some(v) => format!("{}/secrets/{}/{}", self.vault_url, encode(&object.name), encode(v)),
-            None => format!("{}/secrets/{}", self.vault_url, encode(&object.name)),
+            Some(v) => format!("{base}/secrets/{}/{}", encode(&object.name), encode(v)),
+            None => format!("{base}/secrets/{}", encode(&object.name)),
         };
         let response = self.call("get_secret", &url, &[], &object.to_string()).await?;
         let bundle: SecretBundle = response
@@ -91,7 +224,7 @@ impl AzureKeyVault {
         })
     }
 
-    /// One request with the budget, the token, and retries; a 200 answer is returned.
+    /// One request with the budget, the token the vault's challenge calls for, and retries; a 200 is returned.
     async fn call(
         &self,
         operation: &'static str,
@@ -99,27 +232,34 @@ impl AzureKeyVault {
         query: &[(&str, &str)],
         object: &str,
     ) -> Result<reqwest::Response> {
+        let endpoint = &self.endpoint;
+        endpoint.scope().await?;
         // A nextLink carries its own api-version.
         let versioned = url.contains("api-version=");
         let request = || async {
-            let token = self.credential.token().await?;
-            let mut request = self.http.get(url);
+            let scope = endpoint.scope().await?;
+            let token = self.credential.token(&scope).await?;
+            let mut request = endpoint.http.get(url);
             if !versioned {
-                request = request.query(&[("api-version", self.api_version.as_str())]);
+                request = request.query(&[("api-version", endpoint.api_version.as_str())]);
             }
             Ok(request.query(query).bearer_auth(token.secret.as_str()))
         };
-        // A 401 may be a token that expired or was revoked: drop it so the next attempt gets a new one.
-        let renew = || {
+        // A 401 may be a token that expired or was revoked, or a new challenge: drop the token so the next attempt
+        // gets a new one (for the new scope, if the challenge changed). A challenge we must not follow ends it.
+        let renew = |headers: &HeaderMap| {
+            if let Some(Err(_)) = endpoint.take_challenge(headers) {
+                return false;
+            }
             self.credential.invalidate();
             true
         };
-        self.caller.send(operation, object, request, renew).await
+        endpoint.caller.send(operation, object, request, renew).await
     }
 }
 
 impl Backend for AzureKeyVault {
-    fn identity(&self) -> &str {
+    fn identity(&self) -> &Identity {
         &self.identity
     }
 
@@ -127,8 +267,8 @@ impl Backend for AzureKeyVault {
         Box::pin(self.get_secret(object))
     }
 
-    /// Pages through the secrets list (25 names a page, following `nextLink`).
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+    /// Pages through the secrets list (25 a page), following `nextLink` only to this vault's own origin.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
         Box::pin(async move {
             #[derive(Deserialize)]
             struct Page {
@@ -140,9 +280,19 @@ impl Backend for AzureKeyVault {
             #[derive(Deserialize)]
             struct Item {
                 id: String,
+                #[serde(default)]
+                attributes: Attributes,
             }
-            let mut names = Vec::new();
-            let mut url = format!("{}/secrets", self.vault_url);
+            #[derive(Deserialize, Default)]
+            struct Attributes {
+                enabled: Option<bool>,
+                nbf: Option<i64>,
+                exp: Option<i64>,
+                updated: Option<i64>,
+            }
+            let lower = prefix.to_ascii_lowercase();
+            let mut listed = Vec::new();
+            let mut url = format!("{}/secrets", self.endpoint.vault_url);
             let mut query: &[(&str, &str)] = &[("maxresults", "25")];
             loop {
                 let page: Page = self
@@ -151,30 +301,44 @@ impl Backend for AzureKeyVault {
                     .json()
                     .await
                     .map_err(|_| Error::Protocol { message: "the secrets list is not a list".into() })?;
-                let lower = prefix.to_ascii_lowercase();
-                names.extend(
-                    page.value
-                        .into_iter()
-                        .filter_map(|item| item.id.rsplit('/').next().map(str::to_string))
-                        .filter(|name| name.to_ascii_lowercase().starts_with(&lower)),
-                );
+                for item in page.value {
+                    let Some(name) = item.id.rsplit('/').next().filter(|n| n.to_ascii_lowercase().starts_with(&lower))
+                    else {
+                        continue;
+                    };
+                    listed.push(Listed {
+                        name: name.to_string(),
+                        enabled: item.attributes.enabled.unwrap_or(true),
+                        not_before: item.attributes.nbf,
+                        expires: item.attributes.exp,
+                        updated: item.attributes.updated,
+                    });
+                }
                 match page.next_link {
-                    Some(next) if next.starts_with(&self.vault_url) => {
+                    None => break,
+                    Some(next) if next.is_empty() => break,
+                    Some(next) => {
+                        // Compared parsed: a link to another host (or scheme, or port) would carry our token there.
+                        if Origin::of(&next).as_ref() != Some(&self.endpoint.origin) {
+                            return Err(Error::Protocol {
+                                message: "the secrets list links its next page to another origin; refusing to follow"
+                                    .into(),
+                            });
+                        }
                         url = next;
                         query = &[];
                     }
-                    _ => break,
                 }
             }
-            names.sort();
-            Ok(names)
+            listed.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(listed)
         })
     }
 
     /// Lists one secret name: needs a token and list permission, reads no value.
     fn check(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let url = format!("{}/secrets", self.vault_url);
+            let url = format!("{}/secrets", self.endpoint.vault_url);
             self.call("list_secrets", &url, &[("maxresults", "1")], "the secrets list").await.map(drop)
         })
     }
@@ -186,4 +350,57 @@ fn encode(segment: &str) -> String {
         .bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b == b'-' { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_give_scope_and_tenant() {
+        let public = r#"Bearer authorization="https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47", resource="https://vault.azure.net""#;
+        let scope = parse_challenge(public, "team.vault.azure.net").expect("public cloud");
+        assert_eq!(scope.scope, "https://vault.azure.net/.default");
+        assert_eq!(scope.tenant.as_deref(), Some("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        let china =
+            r#"Bearer authorization_uri="https://login.chinacloudapi.cn/t1", scope="https://vault.azure.cn/.default""#;
+        let scope = parse_challenge(china, "Team.Vault.Azure.CN").expect("China, case-insensitive host");
+        assert_eq!((scope.scope.as_str(), scope.tenant.as_deref()), ("https://vault.azure.cn/.default", Some("t1")));
+        let local = r#"Bearer authorization="https://login.microsoftonline.com/t2", resource="https://localhost:8443""#;
+        assert_eq!(parse_challenge(local, "localhost").expect("a test vault").scope, "https://localhost:8443/.default");
+    }
+
+    #[test]
+    fn challenges_for_other_resources_are_refused() {
+        for (header, host) in [
+            (
+                r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://management.azure.com""#,
+                "team.vault.azure.net",
+            ),
+            (
+                r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net""#,
+                "evilvault.azure.net.example",
+            ),
+            (
+                r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net""#,
+                "localhost",
+            ),
+            (r#"Bearer authorization="https://login.microsoftonline.com/t""#, "team.vault.azure.net"),
+            (r#"Basic realm="x""#, "team.vault.azure.net"),
+            (r#"Bearer resource="not a url""#, "team.vault.azure.net"),
+        ] {
+            let error = parse_challenge(header, host).expect_err(header);
+            assert!(matches!(error, Error::Unauthenticated { .. }), "{header}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        let vault = Origin::of("https://Team.vault.azure.net").unwrap();
+        assert_eq!(Origin::of("https://team.VAULT.azure.net:443/secrets?x=1").as_ref(), Some(&vault));
+        assert_ne!(Origin::of("http://team.vault.azure.net/secrets").as_ref(), Some(&vault));
+        assert_ne!(Origin::of("https://team.vault.azure.net:8443/secrets").as_ref(), Some(&vault));
+        assert_ne!(Origin::of("https://team.vault.azure.net.evil.example/secrets").as_ref(), Some(&vault));
+        assert_eq!(Origin::of("not a url"), None);
+    }
 }

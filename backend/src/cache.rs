@@ -13,9 +13,9 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{Backend, FetchedSecret, ObjectRef, Result};
+use crate::{Backend, FetchedSecret, Identity, ObjectRef, Result};
 
-type Key = (String, ObjectRef);
+type Key = (Identity, ObjectRef);
 type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Result<FetchedSecret>)>>>;
 
 /// Counters of how reads were served.
@@ -56,7 +56,7 @@ impl ReadCache {
         object: &ObjectRef,
         max_age: Option<Duration>,
     ) -> Result<FetchedSecret> {
-        let key = (backend.identity().to_string(), object.clone());
+        let key = (backend.identity().clone(), object.clone());
         let slot = self.slots.lock().expect("cache lock").entry(key).or_default().clone();
         let asked = Instant::now();
         let mut entry = slot.lock().await;

@@ -56,17 +56,27 @@ pub fn http_client(ca_bundle: Option<&str>) -> Result<reqwest::Client> {
 /// Reads the human-readable message out of a vault's JSON error body.
 pub(crate) type ErrorText = fn(&serde_json::Value) -> Option<String>;
 
-/// The budget, retry policy and observer of one vault client, and its attempt loop.
+/// The budget, retry policy and observer of one vault client (or token endpoint), and its attempt loop.
+#[derive(Clone)]
 pub(crate) struct Caller {
     pub budget: Option<Arc<RequestBudget>>,
     pub retry: RetryPolicy,
     pub observer: Option<CallObserver>,
     error_text: ErrorText,
+    /// Statuses retried like a 5xx besides 408 and 429 (the instance metadata service answers 404 and 410 while it
+    /// starts).
+    retry_also: &'static [StatusCode],
 }
 
 impl Caller {
     pub fn new(error_text: ErrorText) -> Self {
-        Self { budget: None, retry: RetryPolicy::default(), observer: None, error_text }
+        Self { budget: None, retry: RetryPolicy::default(), observer: None, error_text, retry_also: &[] }
+    }
+
+    /// Also retries these statuses.
+    pub fn retrying(mut self, statuses: &'static [StatusCode]) -> Self {
+        self.retry_also = statuses;
+        self
     }
 
     pub fn observe(&self, operation: &'static str, outcome: &'static str) {
@@ -82,15 +92,16 @@ impl Caller {
     }
 
     /// Sends the request `request` builds (anew for each attempt, so it can carry a fresh token) until it is
-    /// answered 200, which is returned. On a 401, `unauthorized` is asked once whether the credential was renewed
-    /// (then the request is sent again) before `Unauthenticated` is returned. 403 is `Forbidden` and 404 `NotFound`
-    /// of `object`, without retries; 429, 408, 5xx and transport errors are retried up to `max_attempts`.
+    /// answered 200, which is returned. On a 401, `unauthorized` is asked once, with the answer's headers (a bearer
+    /// challenge), whether the credential was renewed (then the request is sent again) before `Unauthenticated` is
+    /// returned. 403 is `Forbidden` and 404 `NotFound` of `object`, without retries; 429, 408, 5xx, the statuses of
+    /// [`Caller::retrying`] and transport errors are retried up to `max_attempts`.
     pub async fn send<F, Fut>(
         &self,
         operation: &'static str,
         object: &str,
         mut request: F,
-        mut unauthorized: impl FnMut() -> bool,
+        mut unauthorized: impl FnMut(&reqwest::header::HeaderMap) -> bool,
     ) -> Result<reqwest::Response>
     where
         F: FnMut() -> Fut,
@@ -115,7 +126,8 @@ impl Caller {
                     continue;
                 }
             };
-            match response.status() {
+            let status = response.status();
+            match status {
                 StatusCode::OK => {
                     self.observe(operation, "ok");
                     return Ok(response);
@@ -123,20 +135,20 @@ impl Caller {
                 StatusCode::UNAUTHORIZED => {
                     self.observe(operation, "unauthorized");
                     // The first 401 may be a token that expired or was revoked: get a new one once.
-                    if !refreshed_token && unauthorized() {
+                    if !refreshed_token && unauthorized(response.headers()) {
                         refreshed_token = true;
                         continue;
                     }
                     return Err(Error::Unauthenticated { message: self.error_message(response).await });
                 }
-                StatusCode::FORBIDDEN => {
+                StatusCode::FORBIDDEN if !self.retry_also.contains(&status) => {
                     self.observe(operation, "forbidden");
                     return Err(Error::Forbidden {
                         object: object.to_string(),
                         message: self.error_message(response).await,
                     });
                 }
-                StatusCode::NOT_FOUND => {
+                StatusCode::NOT_FOUND if !self.retry_also.contains(&status) => {
                     self.observe(operation, "not_found");
                     return Err(Error::NotFound { object: object.to_string() });
                 }
@@ -149,7 +161,7 @@ impl Caller {
                     }
                     tokio::time::sleep(wait).await;
                 }
-                s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT || self.retry_also.contains(&s) => {
                     self.observe(operation, "server_error");
                     if last {
                         return Err(Error::Unavailable {

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cache;
 mod error;
 pub mod http;
+pub mod identity;
 pub mod openbao;
 pub mod token;
 
@@ -18,6 +19,7 @@ use futures::future::BoxFuture;
 use zeroize::Zeroizing;
 
 pub use error::{Error, Result};
+pub use identity::{Endpoint, Identity, Principal, ServiceAccount};
 
 /// An object in a vault: its name and, when pinned, a version.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,11 +71,40 @@ pub struct FetchedSecret {
     pub content_type: Option<String>,
 }
 
+/// An object a list found: its name and, where the vault says, whether it may be read now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    /// Key Vault's `attributes.enabled`; always true for OpenBao.
+    pub enabled: bool,
+    /// Not valid before (Unix seconds).
+    pub not_before: Option<i64>,
+    /// Expires (Unix seconds).
+    pub expires: Option<i64>,
+    /// Last updated (Unix seconds): a list shows what changed without reading values.
+    pub updated: Option<i64>,
+}
+
+impl Listed {
+    /// Why this object cannot be read at `now` (Unix seconds): `Disabled`, `Expired`, `NotYetValid`.
+    pub fn unreadable(&self, now: i64) -> Option<&'static str> {
+        if !self.enabled {
+            Some("Disabled")
+        } else if self.expires.is_some_and(|exp| exp <= now) {
+            Some("Expired")
+        } else if self.not_before.is_some_and(|nbf| nbf > now) {
+            Some("NotYetValid")
+        } else {
+            None
+        }
+    }
+}
+
 /// A vault the operator and the CSI provider read from.
 pub trait Backend: Send + Sync {
-    /// Who reads from where (backend kind, endpoint, principal): reads are shared only between
-    /// callers with the same identity, so one tenant never sees another's cached result.
-    fn identity(&self) -> &str;
+    /// Who reads from where: reads are shared only between callers with the same identity, so one tenant never
+    /// sees another's cached result.
+    fn identity(&self) -> &Identity;
 
     /// Reads one object.
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>>;
@@ -81,7 +112,7 @@ pub trait Backend: Send + Sync {
     /// Proves the store works: a token can be had and the vault answers (one cheap call).
     fn check(&self) -> BoxFuture<'_, Result<()>>;
 
-    /// The names of the objects whose names start with `prefix` (OpenBao: the secrets directly
-    /// in the folder `prefix`), sorted, for `dataFrom.find`. Lists names only, never values.
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>>;
+    /// The objects whose names start with `prefix` (OpenBao: the secrets directly in the folder `prefix`), sorted
+    /// by name, for `dataFrom.find`. Lists names and attributes only, never values.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>>;
 }

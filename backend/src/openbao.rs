@@ -36,9 +36,10 @@ use tokio::time::Instant;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::{
-    Backend, Error, FetchedSecret, ObjectRef, Result, SecretBytes,
+    Backend, Error, FetchedSecret, Listed, ObjectRef, Result, SecretBytes,
     budget::RequestBudget,
     http::{CallObserver, Caller, RetryPolicy},
+    identity::{Endpoint, Identity, Principal},
     token::AssertionSource,
 };
 
@@ -55,8 +56,10 @@ pub enum KvVersion {
 /// Where the secrets are: the server, an optional Vault namespace, the KV mount and its version.
 #[derive(Clone, Debug)]
 pub struct KvMount {
-    /// `https://bao.example:8200`
+    /// `https://bao.example:8200`; `http://` only with `insecure_http`.
     pub server: String,
+    /// Allows a plain `http://` server: tokens, logins and values then cross the network unencrypted.
+    pub insecure_http: bool,
     /// Sent as `X-Vault-Namespace` on every request (logins included) when set.
     pub namespace: Option<String>,
     /// The mount path, such as `secret` or `team-a/kv`.
@@ -121,7 +124,7 @@ pub struct OpenBao {
     mount: String,
     kv_version: KvVersion,
     auth: AuthMethod,
-    identity: String,
+    identity: Identity,
     caller: Caller,
     token: Mutex<Option<VaultToken>>,
     /// Held while logging in, so concurrent callers share one login.
@@ -141,12 +144,17 @@ struct LoginAuth {
 }
 
 impl OpenBao {
-    /// `principal` names who authenticates (auth method, role, service account) so that cached reads are shared only
-    /// by callers that authenticate the same way; the server, namespace and mount are added here.
-    pub fn new(http: reqwest::Client, location: KvMount, auth: AuthMethod, principal: &str) -> Result<Self> {
+    /// `principal` is who `auth` authenticates as, so that cached reads are shared only by callers that
+    /// authenticate the same way; the server, namespace and mount complete the identity.
+    pub fn new(http: reqwest::Client, location: KvMount, auth: AuthMethod, principal: Principal) -> Result<Self> {
         let server = location.server.trim_end_matches('/').to_string();
-        if !(server.starts_with("https://") || server.starts_with("http://")) {
-            return Err(Error::InvalidConfig { message: format!("server {server:?} is not an http(s) URL") });
+        let https = server.starts_with("https://");
+        if !(https || location.insecure_http && server.starts_with("http://")) {
+            return Err(Error::InvalidConfig {
+                message: format!(
+                    "server {server:?} is not an https URL (a plain http server needs insecureHttp: true in the store)"
+                ),
+            });
         }
         let mount = encode_path(location.mount.trim_matches('/'), "mount")?;
         match &auth {
@@ -156,12 +164,19 @@ impl OpenBao {
             AuthMethod::Token(_) => {}
         }
         let namespace = location.namespace.filter(|n| !n.trim_matches('/').is_empty());
-        let kv = match location.kv_version {
-            KvVersion::V1 => "kv1",
-            KvVersion::V2 => "kv2",
+        let kv_version = match location.kv_version {
+            KvVersion::V1 => 1,
+            KvVersion::V2 => 2,
         };
-        let identity =
-            format!("openbao|{server}|ns={}|{mount}|{kv}|{principal}", namespace.as_deref().unwrap_or_default());
+        let identity = Identity {
+            endpoint: Endpoint::OpenBao {
+                server: server.to_ascii_lowercase(),
+                namespace: namespace.clone(),
+                mount: mount.clone(),
+                kv_version,
+            },
+            principal,
+        };
         let token = match &auth {
             AuthMethod::Token(secret) => Some(VaultToken { secret: Arc::new(secret.clone()), renew_at: None }),
             _ => None,
@@ -180,18 +195,15 @@ impl OpenBao {
         })
     }
 
-    pub fn with_budget(mut self, budget: Arc<RequestBudget>) -> Self {
-        self.caller.budget = Some(budget);
+    /// Calls, logins included, pay from `budget` (the store's) and are reported to `observer`.
+    pub fn metered(mut self, budget: Option<Arc<RequestBudget>>, observer: Option<CallObserver>) -> Self {
+        self.caller.budget = budget;
+        self.caller.observer = observer;
         self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.caller.retry = retry;
-        self
-    }
-
-    pub fn with_observer(mut self, observer: CallObserver) -> Self {
-        self.caller.observer = Some(observer);
         self
     }
 
@@ -341,7 +353,7 @@ impl OpenBao {
             std::future::ready(Ok(request))
         };
         // Vault refuses with 403, not 401; refusals are handled by the caller of `send`.
-        self.caller.send(operation, object, request, || false).await
+        self.caller.send(operation, object, request, |_| false).await
     }
 
     /// The cached token, or a new one from a login; `true` when this call logged in.
@@ -431,7 +443,7 @@ fn refused_token() -> Error {
 }
 
 impl Backend for OpenBao {
-    fn identity(&self) -> &str {
+    fn identity(&self) -> &Identity {
         &self.identity
     }
 
@@ -441,17 +453,23 @@ impl Backend for OpenBao {
 
     /// One call: a login when no token is cached (it proves the credentials), else a lookup-self of the cached
     /// token (if Vault refuses it, a login method logs in instead).
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
         Box::pin(async move {
             let folder = prefix.trim_matches('/');
-            let mut paths: Vec<String> = OpenBao::list(self, prefix)
+            let mut listed: Vec<Listed> = OpenBao::list(self, prefix)
                 .await?
                 .into_iter()
                 .filter(|name| !name.ends_with('/'))
-                .map(|name| if folder.is_empty() { name } else { format!("{folder}/{name}") })
+                .map(|name| Listed {
+                    name: if folder.is_empty() { name } else { format!("{folder}/{name}") },
+                    enabled: true,
+                    not_before: None,
+                    expires: None,
+                    updated: None,
+                })
                 .collect();
-            paths.sort();
-            Ok(paths)
+            listed.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(listed)
         })
     }
 
@@ -609,12 +627,22 @@ mod tests {
     }
 
     fn client(url: &str, kv_version: KvVersion, auth: AuthMethod) -> OpenBao {
-        let location =
-            KvMount { server: url.into(), namespace: Some("team-a".into()), mount: "secret".into(), kv_version };
+        let location = KvMount {
+            server: url.into(),
+            insecure_http: true,
+            namespace: Some("team-a".into()),
+            mount: "secret".into(),
+            kv_version,
+        };
         let fast = RetryPolicy { base_backoff: Duration::from_millis(5), ..RetryPolicy::default() };
-        OpenBao::new(crate::http::http_client(None).expect("http"), location, auth, "test")
-            .expect("client")
-            .with_retry(fast)
+        OpenBao::new(
+            crate::http::http_client(None).expect("http"),
+            location,
+            auth,
+            Principal::OpenBaoToken { fingerprint: "test".into() },
+        )
+        .expect("client")
+        .with_retry(fast)
     }
 
     fn approle() -> AuthMethod {
@@ -797,28 +825,41 @@ mod tests {
 
     #[test]
     fn identities_name_server_namespace_mount_and_principal() {
-        let make = |namespace: Option<&str>, mount: &str, principal: &str| {
-            let location = KvMount {
-                server: "https://bao.example:8200/".into(),
-                namespace: namespace.map(str::to_string),
-                mount: mount.into(),
-                kv_version: KvVersion::V2,
-            };
+        let location = |server: &str, namespace: Option<&str>, mount: &str, insecure_http: bool| KvMount {
+            server: server.into(),
+            insecure_http,
+            namespace: namespace.map(str::to_string),
+            mount: mount.into(),
+            kv_version: KvVersion::V2,
+        };
+        let token = |fingerprint: &str| Principal::OpenBaoToken { fingerprint: fingerprint.into() };
+        let build = |location: KvMount, principal: Principal| {
             let auth = AuthMethod::Token(Zeroizing::new("t".into()));
             OpenBao::new(crate::http::http_client(None).expect("http"), location, auth, principal)
+        };
+        let make = |namespace: Option<&str>, mount: &str, principal: &str| {
+            build(location("https://Bao.example:8200/", namespace, mount, false), token(principal))
                 .expect("client")
                 .identity
                 .clone()
         };
-        let base = make(None, "secret", "token:a");
-        assert_eq!(base, "openbao|https://bao.example:8200|ns=|secret|kv2|token:a");
-        assert_ne!(base, make(Some("team-a"), "secret", "token:a"));
-        assert_ne!(base, make(None, "other", "token:a"));
-        assert_ne!(base, make(None, "secret", "token:b"));
-        let location =
-            KvMount { server: "bao:8200".into(), namespace: None, mount: "secret".into(), kv_version: KvVersion::V2 };
-        let auth = AuthMethod::Token(Zeroizing::new("t".into()));
-        assert!(OpenBao::new(crate::http::http_client(None).expect("http"), location, auth, "p").is_err(), "no scheme");
+        let base = make(None, "secret", "a");
+        assert_eq!(
+            base.endpoint,
+            Endpoint::OpenBao {
+                server: "https://bao.example:8200".into(),
+                namespace: None,
+                mount: "secret".into(),
+                kv_version: 2
+            }
+        );
+        assert_ne!(base, make(Some("team-a"), "secret", "a"));
+        assert_ne!(base, make(None, "other", "a"));
+        assert_ne!(base, make(None, "secret", "b"));
+        assert!(build(location("bao:8200", None, "secret", false), token("p")).is_err(), "no scheme");
+        let plain = build(location("http://bao:8200", None, "secret", false), token("p"));
+        assert!(plain.is_err_and(|e| e.to_string().contains("insecureHttp")), "http only when allowed");
+        assert!(build(location("http://bao:8200", None, "secret", true), token("p")).is_ok());
         assert_eq!(format!("{:?}", AuthMethod::Token(Zeroizing::new("hunter2".into()))), "Token(redacted)");
     }
 }

@@ -1,39 +1,50 @@
-//! Access tokens for Azure: a fixed token (tests, emulators), and Microsoft Entra tokens from a
-//! client secret, a client assertion (workload identity: a Kubernetes service-account token
-//! exchanged for an Entra token) or the instance metadata service (managed identity). Tokens
-//! are cached until shortly before they expire.
+//! Access tokens for Azure: a fixed token (tests, emulators), and Microsoft Entra tokens from a client secret, a
+//! client assertion (workload identity: a Kubernetes service-account token exchanged for an Entra token; or a
+//! certificate-signed assertion), the token file the workload identity webhook mounts, or the instance metadata
+//! service (managed identity). Tokens are cached per scope until shortly before they expire.
+//!
+//! Token requests are vault calls like any other: they pass the store's request budget, the retry policy (429 with
+//! `Retry-After`, 5xx; the metadata service's 404 and 410 while it starts, as Microsoft's SDKs retry them) and the
+//! call observer. A refusal is `Unauthenticated`, throttling `Throttled`.
 
 use std::{
+    collections::HashMap,
     fmt,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures::future::BoxFuture;
+use reqwest::StatusCode;
 use serde::Deserialize;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    budget::RequestBudget,
+    http::{CallObserver, Caller, RetryPolicy},
+};
 
-/// The resource of Key Vault's data plane in the public cloud.
-pub const KEY_VAULT_RESOURCE: &str = "https://vault.azure.net";
-
-/// The Key Vault resource a vault URL belongs to, by its DNS suffix: public, China, US Government
-/// clouds; the public resource for anything else (private endpoints use the public names).
-pub fn key_vault_resource(vault_url: &str) -> &'static str {
-    let host =
-        vault_url.trim_start_matches("https://").split(['/', ':']).next().unwrap_or_default().to_ascii_lowercase();
-    if host.ends_with(".vault.azure.cn") {
-        "https://vault.azure.cn"
-    } else if host.ends_with(".vault.usgovcloudapi.net") {
-        "https://vault.usgovcloudapi.net"
-    } else {
-        KEY_VAULT_RESOURCE
-    }
-}
 /// Tokens are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
+
+/// What a token is asked for: the scope (`<resource>/.default`) and, when the vault's challenge named one, the tenant
+/// the vault belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenScope {
+    pub scope: String,
+    pub tenant: Option<String>,
+}
+
+impl TokenScope {
+    /// The resource the scope is for (`https://vault.azure.net` for `https://vault.azure.net/.default`), which the
+    /// instance metadata service asks for instead of a scope.
+    pub fn resource(&self) -> &str {
+        self.scope.strip_suffix("/.default").unwrap_or(&self.scope)
+    }
+}
 
 /// A bearer token; never printed.
 #[derive(Clone)]
@@ -49,16 +60,16 @@ impl fmt::Debug for AccessToken {
 }
 
 pub trait TokenSource: Send + Sync {
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken>>;
-    /// Drops a cached token the vault refused, so the next call gets a new one.
+    fn token<'a>(&'a self, scope: &'a TokenScope) -> BoxFuture<'a, Result<AccessToken>>;
+    /// Drops cached tokens the vault refused, so the next call gets a new one.
     fn invalidate(&self) {}
 }
 
-/// A fixed token.
+/// A fixed token, whatever the scope.
 pub struct StaticToken(pub String);
 
 impl TokenSource for StaticToken {
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken>> {
+    fn token<'a>(&'a self, _scope: &'a TokenScope) -> BoxFuture<'a, Result<AccessToken>> {
         let token = AccessToken {
             secret: Arc::new(Zeroizing::new(self.0.clone())),
             expires_at: Instant::now() + Duration::from_secs(3600),
@@ -67,8 +78,8 @@ impl TokenSource for StaticToken {
     }
 }
 
-/// Produces a client assertion (a JWT) for the Entra token exchange, such as a service-account
-/// token obtained with the Kubernetes TokenRequest API.
+/// Produces a client assertion (a JWT) for the Entra token exchange, such as a service-account token obtained with
+/// the Kubernetes TokenRequest API, or a certificate-signed assertion.
 pub trait AssertionSource: Send + Sync {
     fn assertion(&self) -> BoxFuture<'_, Result<Zeroizing<String>>>;
 }
@@ -77,22 +88,24 @@ pub trait AssertionSource: Send + Sync {
 pub enum Grant {
     ClientSecret(Zeroizing<String>),
     ClientAssertion(Arc<dyn AssertionSource>),
+    /// A service-account token file, read anew for each exchange (the kubelet rotates it): what the workload
+    /// identity webhook gives a pod in `AZURE_FEDERATED_TOKEN_FILE`.
+    TokenFile(PathBuf),
     /// The instance metadata service; `endpoint` is the token URL without query.
     ManagedIdentity {
         endpoint: String,
     },
 }
 
-/// Tokens from Microsoft Entra ID (or the instance metadata service), cached.
+/// Tokens from Microsoft Entra ID (or the instance metadata service), cached per scope.
 pub struct EntraToken {
     http: reqwest::Client,
-    /// `{authority}/{tenant}/oauth2/v2.0/token`
-    token_url: String,
+    authority_host: String,
+    tenant_id: String,
     client_id: Option<String>,
     grant: Grant,
-    /// The Key Vault resource tokens are asked for (`<resource>/.default` as the scope).
-    resource: String,
-    cached: Mutex<Option<(AccessToken, Instant)>>,
+    caller: Caller,
+    cached: Mutex<HashMap<String, (AccessToken, Instant)>>,
     /// Held while a token is fetched: callers that arrive meanwhile wait and share it.
     fetching: tokio::sync::Mutex<()>,
 }
@@ -113,13 +126,23 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option
     })
 }
 
+/// Entra's (and the metadata service's) error bodies: the first line of the description, or the error code. They
+/// never carry the credential.
+fn entra_error_text(body: &serde_json::Value) -> Option<String> {
+    let text = body["error_description"].as_str().or(body["error"].as_str())?;
+    Some(text.lines().next().unwrap_or_default().to_string())
+}
+
 /// The Entra token endpoint of a tenant under an authority host.
 pub fn token_url(authority_host: &str, tenant_id: &str) -> String {
     format!("{}/{tenant_id}/oauth2/v2.0/token", authority_host.trim_end_matches('/'))
 }
 
+/// The instance metadata service answers these while it starts or is updated; Microsoft's SDKs retry them.
+const IMDS_RETRIED: &[StatusCode] = &[StatusCode::NOT_FOUND, StatusCode::GONE];
+
 impl EntraToken {
-    /// `authority_host` such as `https://login.microsoftonline.com`.
+    /// `authority_host` such as `https://login.microsoftonline.com`; `tenant_id` the store's tenant.
     pub fn new(
         http: reqwest::Client,
         authority_host: &str,
@@ -127,76 +150,109 @@ impl EntraToken {
         client_id: Option<String>,
         grant: Grant,
     ) -> Self {
-        let token_url = token_url(authority_host, tenant_id);
+        let mut caller = Caller::new(entra_error_text);
+        if let Grant::ManagedIdentity { .. } = grant {
+            // Retried for longer: the metadata service can take tens of seconds to come up.
+            caller = caller.retrying(IMDS_RETRIED);
+            caller.retry =
+                RetryPolicy { max_attempts: 7, max_backoff: Duration::from_secs(10), ..RetryPolicy::default() };
+        }
         Self {
             http,
-            token_url,
+            authority_host: authority_host.trim_end_matches('/').to_string(),
+            tenant_id: tenant_id.to_string(),
             client_id,
             grant,
-            resource: KEY_VAULT_RESOURCE.to_string(),
+            caller,
             cached: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Asks for tokens for another Key Vault resource (a sovereign cloud's, see [`key_vault_resource`]).
-    pub fn for_resource(mut self, resource: &str) -> Self {
-        self.resource = resource.trim_end_matches('/').to_string();
+    /// Token requests pay from `budget` (the store's) and are reported to `observer`.
+    pub fn metered(mut self, budget: Option<Arc<RequestBudget>>, observer: Option<CallObserver>) -> Self {
+        self.caller.budget = budget;
+        self.caller.observer = observer;
         self
     }
 
-    async fn fetch(&self) -> Result<AccessToken> {
-        let request = match &self.grant {
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.caller.retry = retry;
+        self
+    }
+
+    async fn fetch(&self, scope: &TokenScope) -> Result<AccessToken> {
+        if let Some(tenant) = &scope.tenant
+            && !matches!(self.grant, Grant::ManagedIdentity { .. })
+            && !tenant.eq_ignore_ascii_case(&self.tenant_id)
+        {
+            return Err(Error::Unauthenticated {
+                message: format!(
+                    "the vault belongs to tenant {tenant} (its challenge says so), but the store names tenant {}",
+                    self.tenant_id
+                ),
+            });
+        }
+        let response = match &self.grant {
             Grant::ManagedIdentity { endpoint } => {
-                let mut query = vec![("api-version", "2018-02-01".to_string()), ("resource", self.resource.clone())];
+                let mut query = vec![("api-version", "2018-02-01".to_string()), ("resource", scope.resource().into())];
                 if let Some(id) = &self.client_id {
                     query.push(("client_id", id.clone()));
                 }
-                self.http.get(endpoint).header("Metadata", "true").query(&query)
+                let request =
+                    || std::future::ready(Ok(self.http.get(endpoint).header("Metadata", "true").query(&query)));
+                self.caller.send("imds_token", "the instance metadata service", request, |_| false).await
             }
             grant => {
-                let mut form = vec![
-                    ("grant_type", "client_credentials".to_string()),
-                    ("scope", format!("{}/.default", self.resource)),
-                    ("client_id", self.client_id.clone().unwrap_or_default()),
-                ];
-                match grant {
-                    Grant::ClientSecret(secret) => form.push(("client_secret", secret.to_string())),
-                    Grant::ClientAssertion(source) => {
-                        let assertion = source.assertion().await?;
-                        form.push((
-                            "client_assertion_type",
-                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-                        ));
-                        form.push(("client_assertion", assertion.to_string()));
+                let credential: Zeroizing<String> = match grant {
+                    Grant::ClientSecret(secret) => secret.clone(),
+                    Grant::ClientAssertion(source) => source.assertion().await?,
+                    Grant::TokenFile(path) => Zeroizing::new(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| Error::Unauthenticated {
+                                message: format!("reading the federated token file {}: {e}", path.display()),
+                            })?
+                            .trim()
+                            .to_string(),
+                    ),
+                    Grant::ManagedIdentity { .. } => unreachable!("answered above"),
+                };
+                let url = token_url(&self.authority_host, &self.tenant_id);
+                let request = || {
+                    let mut form = vec![
+                        ("grant_type", "client_credentials".to_string()),
+                        ("scope", scope.scope.clone()),
+                        ("client_id", self.client_id.clone().unwrap_or_default()),
+                    ];
+                    match grant {
+                        Grant::ClientSecret(_) => form.push(("client_secret", credential.to_string())),
+                        _ => {
+                            form.push((
+                                "client_assertion_type",
+                                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                            ));
+                            form.push(("client_assertion", credential.to_string()));
+                        }
                     }
-                    Grant::ManagedIdentity { .. } => unreachable!("handled above"),
-                }
-                let request = self.http.post(&self.token_url).form(&form);
-                // The form held the credential; wipe our copy (the request body keeps its own).
-                for (_, value) in &mut form {
-                    zeroize::Zeroize::zeroize(value);
-                }
-                request
+                    let request = self.http.post(&url).form(&form);
+                    // The form held the credential; wipe our copy (the request body keeps its own).
+                    for (_, value) in &mut form {
+                        zeroize::Zeroize::zeroize(value);
+                    }
+                    std::future::ready(Ok(request))
+                };
+                self.caller.send("token", "the token endpoint", request, |_| false).await
             }
         };
-        let response =
-            request.timeout(Duration::from_secs(30)).send().await.map_err(|e| Error::Unavailable {
-                message: format!("token endpoint: {}", crate::azure::describe(&e)),
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            // Entra's error bodies carry an error code and description, never the credential.
-            let body = response.text().await.unwrap_or_default();
-            let detail: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            let message = detail["error_description"].as_str().or(detail["error"].as_str()).unwrap_or("no detail");
-            let message = format!("token endpoint answered {status}: {}", message.lines().next().unwrap_or_default());
-            return Err(if status.is_server_error() {
-                Error::Unavailable { message }
-            } else {
-                Error::Unauthenticated { message }
-            });
-        }
+        let response = response.map_err(|e| match e {
+            // A refusal, however worded (400 invalid_client, 401, 403, 404 unknown tenant), means this credential
+            // gets no token here.
+            Error::Forbidden { message, .. } | Error::Protocol { message } | Error::Unauthenticated { message } => {
+                Error::Unauthenticated { message: format!("token endpoint: {message}") }
+            }
+            Error::NotFound { object } => Error::Unauthenticated { message: format!("{object} answered 404") },
+            other => other,
+        })?;
         let answer: TokenAnswer = response
             .json()
             .await
@@ -207,10 +263,10 @@ impl EntraToken {
 }
 
 impl TokenSource for EntraToken {
-    fn token(&self) -> BoxFuture<'_, Result<AccessToken>> {
+    fn token<'a>(&'a self, scope: &'a TokenScope) -> BoxFuture<'a, Result<AccessToken>> {
         Box::pin(async move {
             let fresh = || {
-                let cached = self.cached.lock().expect("token lock").clone();
+                let cached = self.cached.lock().expect("token lock").get(&scope.scope).cloned();
                 cached.filter(|(_, renew_at)| Instant::now() < *renew_at).map(|(token, _)| token)
             };
             if let Some(token) = fresh() {
@@ -221,29 +277,29 @@ impl TokenSource for EntraToken {
             if let Some(token) = fresh() {
                 return Ok(token);
             }
-            let token = self.fetch().await?;
+            let token = self.fetch(scope).await?;
             // Renew 5 minutes before expiry, or at half-life for short-lived tokens.
             let lifetime = token.expires_at.saturating_duration_since(Instant::now());
             let renew_at = token.expires_at - RENEW_BEFORE.min(lifetime / 2);
-            *self.cached.lock().expect("token lock") = Some((token.clone(), renew_at));
+            self.cached.lock().expect("token lock").insert(scope.scope.clone(), (token.clone(), renew_at));
             Ok(token)
         })
     }
 
     fn invalidate(&self) {
-        self.cached.lock().expect("token lock").take();
+        self.cached.lock().expect("token lock").clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::key_vault_resource;
+    use super::*;
 
     #[test]
-    fn sovereign_clouds_get_their_own_resource() {
-        assert_eq!(key_vault_resource("https://team.vault.azure.net"), "https://vault.azure.net");
-        assert_eq!(key_vault_resource("https://team.vault.azure.cn/"), "https://vault.azure.cn");
-        assert_eq!(key_vault_resource("https://Team.Vault.UsGovCloudApi.net:443"), "https://vault.usgovcloudapi.net");
-        assert_eq!(key_vault_resource("https://localhost:8443"), "https://vault.azure.net");
+    fn scopes_name_their_resource() {
+        let scope = TokenScope { scope: "https://vault.azure.net/.default".into(), tenant: None };
+        assert_eq!(scope.resource(), "https://vault.azure.net");
+        let odd = TokenScope { scope: "https://vault.azure.cn".into(), tenant: None };
+        assert_eq!(odd.resource(), "https://vault.azure.cn");
     }
 }

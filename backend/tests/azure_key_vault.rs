@@ -7,19 +7,30 @@ use std::{
 };
 
 use vaultsync_backend::{
-    Backend, Error, ObjectRef,
-    azure::{AzureKeyVault, RetryPolicy, http_client},
+    Backend, Error, ObjectRef, Principal,
+    azure::{AzureEndpoint, AzureKeyVault, RetryPolicy, http_client},
     budget::RequestBudget,
     cache::ReadCache,
     token::StaticToken,
 };
 use vaultsync_e2e::keyvault::{KeyVaultServer, Op};
 
-fn client(vault: &KeyVaultServer, token: &str) -> AzureKeyVault {
+fn endpoint(vault: &KeyVaultServer) -> AzureEndpoint {
     let http = http_client(Some(vault.ca_pem())).expect("http client");
     let fast = RetryPolicy { base_backoff: Duration::from_millis(10), ..RetryPolicy::default() };
-    AzureKeyVault::new(http, &vault.url(), "7.6", Arc::new(StaticToken(token.into())), "test-principal")
-        .with_retry(fast)
+    AzureEndpoint::new(http, &vault.url(), "7.6").expect("endpoint").with_retry(fast)
+}
+
+fn principal(name: &str) -> Principal {
+    Principal::StaticToken { fingerprint: name.into() }
+}
+
+fn reader(endpoint: AzureEndpoint, token: &str) -> AzureKeyVault {
+    AzureKeyVault::new(Arc::new(endpoint), Arc::new(StaticToken(token.into())), principal("test"))
+}
+
+fn client(vault: &KeyVaultServer, token: &str) -> AzureKeyVault {
+    reader(endpoint(vault), token)
 }
 
 #[tokio::test]
@@ -125,9 +136,8 @@ async fn concurrent_reads_of_one_object_cost_one_call() {
 async fn different_identities_do_not_share_cached_reads() {
     let vault = KeyVaultServer::start().await.expect("vault");
     vault.set_secret("shared", "v");
-    let http = http_client(Some(vault.ca_pem())).expect("http");
-    let tenant =
-        |id: &str| AzureKeyVault::new(http.clone(), &vault.url(), "7.6", Arc::new(StaticToken("t".into())), id);
+    let shared = Arc::new(endpoint(&vault));
+    let tenant = |id: &str| AzureKeyVault::new(shared.clone(), Arc::new(StaticToken("t".into())), principal(id));
     let (a, b) = (tenant("tenant-a"), tenant("tenant-b"));
     let cache = ReadCache::new(Duration::from_secs(60));
     cache.get(&a, &ObjectRef::latest("shared"), None).await.expect("a");
@@ -142,17 +152,22 @@ async fn the_budget_spreads_calls_and_the_observer_counts_them() {
     vault.set_secret("k", "v");
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let seen = outcomes.clone();
-    let kv = client(&vault, "token")
-        .with_budget(Arc::new(RequestBudget::new(20, 2)))
-        .with_observer(Arc::new(move |op, outcome| seen.lock().expect("lock").push((op, outcome))));
+    let metered = endpoint(&vault).metered(
+        Some(Arc::new(RequestBudget::new(20, 2))),
+        Some(Arc::new(move |op, outcome| seen.lock().expect("lock").push((op, outcome)))),
+    );
+    let kv = reader(metered, "token");
     let started = std::time::Instant::now();
     for _ in 0..12 {
         kv.get(&ObjectRef::latest("k")).await.expect("read");
     }
-    // 2 free, then 10 at 20/s: at least 0.5 s.
+    // The first call asks for the vault's challenge (unauthenticated, answered 401), then 12 reads: 2 free, then
+    // 11 at 20/s: at least 0.5 s.
     assert!(started.elapsed() >= Duration::from_millis(450), "took {:?}", started.elapsed());
-    assert_eq!(outcomes.lock().expect("lock").len(), 12);
-    assert!(outcomes.lock().expect("lock").iter().all(|o| *o == ("get_secret", "ok")));
+    let outcomes = outcomes.lock().expect("lock").clone();
+    assert_eq!(outcomes[0], ("challenge", "unauthorized"), "{outcomes:?}");
+    assert_eq!(outcomes.len(), 13, "{outcomes:?}");
+    assert!(outcomes[1..].iter().all(|o| *o == ("get_secret", "ok")), "{outcomes:?}");
 }
 
 #[tokio::test]
@@ -163,10 +178,12 @@ async fn listing_pages_through_every_name_with_the_prefix() {
     }
     vault.set_secret("other", "v");
     let kv = client(&vault, "token");
-    let names = kv.list("app-").await.expect("list");
+    let listed = kv.list("app-").await.expect("list");
+    let names: Vec<&str> = listed.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names.len(), 30, "two pages of 25 followed: {names:?}");
     assert_eq!(names[0], "app-00");
-    assert!(!names.contains(&"other".to_string()));
+    assert!(!names.contains(&"other"));
+    assert!(listed.iter().all(|l| l.enabled && l.updated.is_some()), "items carry their attributes");
     assert_eq!(vault.calls(Op::ListSecrets), 2);
     assert_eq!(vault.calls(Op::GetSecret), 0, "listing reads no value");
 }

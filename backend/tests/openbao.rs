@@ -20,7 +20,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::ServiceAccountJwt;
 use vaultsync_backend::{
-    Backend, Error, ObjectRef,
+    Backend, Error, ObjectRef, Principal,
     cache::ReadCache,
     http::{RetryPolicy, http_client},
     openbao::{AuthMethod, KV_V1_VERSION, KvMount, KvVersion, OpenBao},
@@ -56,14 +56,22 @@ fn client_in(
     auth: AuthMethod,
     calls: &Calls,
 ) -> OpenBao {
-    let location =
-        KvMount { server: server.into(), namespace: namespace.map(str::to_string), mount: mount.into(), kv_version };
+    let location = KvMount {
+        server: server.into(),
+        insecure_http: server.starts_with("http://"),
+        namespace: namespace.map(str::to_string),
+        mount: mount.into(),
+        kv_version,
+    };
     let seen = calls.0.clone();
     let fast = RetryPolicy { base_backoff: Duration::from_millis(10), ..RetryPolicy::default() };
-    OpenBao::new(http_client(None).expect("http"), location, auth, "test")
+    let principal = Principal::OpenBaoToken { fingerprint: "test".into() };
+    // The real server speaks TLS with its own CA; the hand-made ones below speak plain http.
+    let ca = server.starts_with("https://").then(|| vaultsync_e2e::openbao::OpenBao::shared().ca_pem.as_str());
+    OpenBao::new(http_client(ca).expect("http"), location, auth, principal)
         .expect("client")
         .with_retry(fast)
-        .with_observer(Arc::new(move |op, outcome| seen.lock().expect("calls").push((op, outcome))))
+        .metered(None, Some(Arc::new(move |op, outcome| seen.lock().expect("calls").push((op, outcome)))))
 }
 
 fn token(value: &str) -> AuthMethod {

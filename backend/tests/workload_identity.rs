@@ -13,8 +13,8 @@ use kube::{
 };
 use support::ServiceAccountJwt;
 use vaultsync_backend::{
-    Backend, ObjectRef,
-    azure::{AzureKeyVault, http_client},
+    Backend, ObjectRef, Principal,
+    azure::{AzureEndpoint, AzureKeyVault, http_client},
     token::{EntraToken, Grant},
 };
 use vaultsync_e2e::{
@@ -42,12 +42,23 @@ async fn a_service_account_token_is_exchanged_for_vault_access() {
         audience: AUDIENCE.into(),
         access_token: "entra-issued-token-for-app-reader".into(),
     };
-    let entra = EntraServer::start(ns.client.clone(), vec![federation.clone()]).await.expect("entra");
-    let vault = KeyVaultServer::start().await.expect("vault");
+    // The vault's challenge names tenant-1 and its own origin as the resource; Entra issues tokens for it.
+    let vault = KeyVaultServer::builder()
+        .authority("https://login.microsoftonline.com", "tenant-1")
+        .start()
+        .await
+        .expect("vault");
+    let entra = EntraServer::builder(Some(ns.client.clone()))
+        .federation(federation.clone())
+        .resource(vault.challenge_resource())
+        .start()
+        .await
+        .expect("entra");
     vault.require_bearer(Some(federation.access_token.clone()));
     vault.set_secret("db-password", "s3cr3t");
 
     let http = http_client(Some(entra.ca_pem())).expect("http");
+    let endpoint = Arc::new(AzureEndpoint::new(http.clone(), &vault.url(), "7.6").expect("endpoint"));
     let store = |sa: &str| {
         let assertion = Arc::new(ServiceAccountJwt { api: accounts.clone(), name: sa.into(), audience: AUDIENCE });
         let credential = EntraToken::new(
@@ -57,13 +68,14 @@ async fn a_service_account_token_is_exchanged_for_vault_access() {
             Some("app-reader".into()),
             Grant::ClientAssertion(assertion),
         );
-        AzureKeyVault::new(
-            http.clone(),
-            &vault.url(),
-            "7.6",
-            Arc::new(credential),
-            &format!("tenant-1/app-reader/{sa}"),
-        )
+        let principal = Principal::AzureWorkload {
+            authority: entra.authority_host().into(),
+            tenant: "tenant-1".into(),
+            client_id: "app-reader".into(),
+            audience: AUDIENCE.into(),
+            account: vaultsync_backend::ServiceAccount { namespace: ns.name.clone(), name: sa.into() },
+        };
+        AzureKeyVault::new(endpoint.clone(), Arc::new(credential), principal)
     };
 
     // Twenty reads of different objects start together: they share one token exchange.

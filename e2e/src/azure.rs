@@ -17,6 +17,8 @@ use crate::{
 pub const READER_SA: &str = "vaultsync-reader";
 /// The Entra application it is federated to.
 pub const CLIENT_ID: &str = "app-reader";
+/// The tenant of the test vault and its stores.
+pub const TENANT: &str = "tenant-1";
 
 pub struct AzureVault {
     pub vault: KeyVaultServer,
@@ -38,8 +40,19 @@ impl AzureVault {
             audience: "api://AzureADTokenExchange".into(),
             access_token: access_token.clone(),
         };
-        let entra = EntraServer::start(ns.client.clone(), vec![federation]).await.expect("entra");
-        let vault = KeyVaultServer::start().await.expect("vault");
+        // The vault's 401 challenge names the store's tenant and the vault's own origin as the resource, which the
+        // Entra server issues tokens for.
+        let vault = KeyVaultServer::builder()
+            .authority("https://login.microsoftonline.com", TENANT)
+            .start()
+            .await
+            .expect("vault");
+        let entra = EntraServer::builder(Some(ns.client.clone()))
+            .federation(federation)
+            .resource(vault.challenge_resource())
+            .start()
+            .await
+            .expect("entra");
         vault.require_bearer(Some(access_token));
         Self { vault, entra }
     }
@@ -54,7 +67,7 @@ impl AzureVault {
 pub fn store_spec(vault: &KeyVaultServer, entra: &EntraServer) -> Value {
     json!({ "provider": { "azureKeyVault": {
         "vaultUrl": vault.url(),
-        "tenantId": "tenant-1",
+        "tenantId": TENANT,
         "cloud": "Custom",
         "authorityHost": entra.authority_host(),
         "caBundle": TestCa::shared().ca_pem(),

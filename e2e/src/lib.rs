@@ -7,10 +7,11 @@
 //! binary exits, also when a test fails or panics, or the binary is killed.
 
 pub mod azure;
-pub mod cli;
+pub mod chart;
 pub mod controlplane;
 pub mod entra;
 pub mod keyvault;
+pub mod liveness;
 pub mod node;
 pub mod openbao;
 pub mod process;

@@ -14,7 +14,7 @@ use kube::{
     api::{ListParams, LogParams},
 };
 
-use crate::{ControlPlane, cli::repo_root, process::cache_dir};
+use crate::{ControlPlane, chart::repo_root, process::cache_dir};
 
 /// Set to 1 to skip the tests that need the node (developers' inner loop); `make test` and CI run them.
 pub const SKIP_NODE_TESTS: &str = "VAULTSYNC_SKIP_NODE_TESTS";

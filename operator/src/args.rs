@@ -37,6 +37,11 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
 
+    /// The longest one VaultSecret's reconcile may take (vault calls, budget waits and apiserver writes together)
+    /// before it is abandoned, reported as `Timeout` and retried, so stuck calls cannot hold the controller's slots.
+    #[arg(long, env = "VAULTSYNC_RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
+
     /// How long backend reads are shared between VaultSecrets that reference one object.
     #[arg(long, env = "VAULTSYNC_CACHE_WINDOW", default_value = "30s", value_parser = parse_duration)]
     pub cache_window: Duration,
@@ -48,6 +53,22 @@ pub struct Args {
     /// The request budget of a store that sets none: burst.
     #[arg(long, env = "VAULTSYNC_DEFAULT_BURST", default_value_t = 100)]
     pub default_burst: u32,
+
+    /// The audiences the operator requests service-account tokens for (a store's workload identity or OpenBao
+    /// Kubernetes auth audience must be one of them), comma-separated. A token for another audience, such as the
+    /// apiserver's, could be used against that audience by whoever runs the vault a store names.
+    #[arg(
+        long,
+        env = "VAULTSYNC_ALLOWED_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "api://AzureADTokenExchange,vault"
+    )]
+    pub allowed_token_audiences: Vec<String>,
+
+    /// Let namespaced VaultStores use `managedIdentity`, i.e. the operator's own Azure identity, which every
+    /// namespace would then share. ClusterVaultStores (made by cluster administrators) may always use it.
+    #[arg(long, env = "VAULTSYNC_OPERATOR_IDENTITY_IN_VAULT_STORES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub operator_identity_in_vault_stores: bool,
 
     /// The managed identity token endpoint (instance metadata service).
     #[arg(
@@ -78,6 +99,19 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_json: bool,
+}
+
+impl Args {
+    /// How stores are resolved, from these flags and the operator's environment.
+    pub fn store_settings(&self) -> vaultsync_stores::Settings {
+        vaultsync_stores::Settings {
+            imds_endpoint: self.imds_endpoint.clone(),
+            default_budget: (self.default_requests_per_second, self.default_burst),
+            allowed_audiences: self.allowed_token_audiences.clone(),
+            operator_identity_in_vault_stores: self.operator_identity_in_vault_stores,
+            azure_environment: vaultsync_stores::AzureEnvironment::from_env(),
+        }
+    }
 }
 
 /// Parses Go-style durations as used in the CRDs: `90s`, `15m`, `1h30m`, `500ms`, `0`.

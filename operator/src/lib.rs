@@ -11,7 +11,6 @@ pub mod metrics;
 pub mod render;
 pub mod rollout;
 pub mod store_status;
-pub mod stores;
 pub mod vaultsecret;
 
 use std::sync::{Arc, atomic::AtomicBool};
@@ -74,7 +73,10 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     let hmac_key = hmac_key(&client, &args).await?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!("vaultsync operator running");
-    let stores = Arc::new(stores::Stores::new(client.clone(), args.clone(), metrics.clone()));
+    let observer_metrics = metrics.clone();
+    let observer: vaultsync_stores::StoreObserver =
+        Arc::new(move |store, operation, outcome| observer_metrics.backend_call(store, operation, outcome));
+    let stores = Arc::new(vaultsync_stores::Stores::new(client.clone(), args.store_settings(), observer));
     let store_status = store_status::run(client.clone(), args.watch_namespace.clone(), stores.clone());
     let (refresh, vault_secrets) = vaultsecret::controller(client, args, metrics, hmac_key, stores);
     refresh_slot.set(refresh);

@@ -26,7 +26,9 @@ use vaultsync_api::{
     store::{Provider, RequestBudget},
 };
 
-use crate::{stores::Stores, vaultsecret::FIELD_MANAGER};
+use vaultsync_stores::Stores;
+
+use crate::vaultsecret::FIELD_MANAGER;
 
 /// The parts of a store this controller needs, for both kinds.
 trait StoreObject:

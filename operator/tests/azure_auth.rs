@@ -23,7 +23,12 @@ async fn a_service_principal_certificate_reads_the_vault() {
     let access_token = format!("token-for-{}", env.ns.name);
     let credential =
         CertificateCredential { client_id: "app-sp".into(), certificate_pem: registered.clone(), access_token };
-    let entra = EntraServer::start_with(env.ns.client.clone(), vec![], vec![credential]).await.expect("entra");
+    let entra = EntraServer::builder(Some(env.ns.client.clone()))
+        .certificate(credential)
+        .resource(env.vault.challenge_resource())
+        .start()
+        .await
+        .expect("entra");
     env.vault.set_secret("sp-object", "read-with-a-certificate");
 
     let secrets = env.ns.api::<Secret>();
@@ -59,4 +64,5 @@ async fn a_service_principal_certificate_reads_the_vault() {
     assert!(message.contains("AADSTS700027"), "{message}");
     assert!(!message.contains("PRIVATE KEY"), "no key material in messages");
     assert!(env.secret("by-wrong-cert").await.is_none());
+    env.finish().await;
 }

@@ -14,12 +14,10 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams},
 };
 use serde_json::{Value, json};
-use support::{Env, assert_logs_free_of};
+use support::{Env, READER_SA};
 use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_e2e::{
-    TestNamespace,
-    azure::READER_SA,
-    eventually, install_crds,
+    TestNamespace, eventually, install_crds,
     openbao::{AppRole, BaoClient, OpenBao as BaoServer, shared_with_root, unique},
 };
 
@@ -57,10 +55,12 @@ async fn reader_role(root: &BaoClient, env: &Env, policy: &str) -> String {
     role
 }
 
-/// A store on `mount` that logs in with kubernetes auth as the reader account (audience `vault`, the default).
+/// A store on `mount` that logs in with kubernetes auth as the reader account (audience `vault`, the default), over
+/// TLS verified with the server's CA.
 fn kubernetes_store(bao: &BaoServer, mount: &str, role: &str) -> Value {
     json!({ "provider": { "openbao": {
         "server": bao.addr,
+        "caBundle": bao.ca_pem,
         "mount": mount,
         "auth": { "kubernetes": { "role": role, "mountPath": K8S_AUTH, "serviceAccountRef": { "name": READER_SA } } },
     }}})
@@ -173,7 +173,8 @@ async fn kubernetes_auth_syncs_properties_follows_rotation_and_pins_versions() {
         metrics.lines().any(|l| l.contains(r#"operation="login""#) && l.contains(r#"outcome="ok""#)),
         "logins are counted as backend calls"
     );
-    assert_logs_free_of(&["bao-first-password", "bao-second-password"]);
+    env.remember_values(&["bao-first-password", "bao-second-password"]);
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -208,7 +209,7 @@ async fn a_denied_path_is_forbidden_and_a_lost_server_leaves_the_secret_alone() 
     // The store now points at a port nobody listens on: the sync fails, the Secret stays.
     let closed = vaultsync_e2e::process::free_port().expect("a free port");
     let mut gone = kubernetes_store(bao, &mount, &role);
-    gone["provider"]["openbao"]["server"] = json!(format!("http://127.0.0.1:{closed}"));
+    gone["provider"]["openbao"]["server"] = json!(format!("https://127.0.0.1:{closed}"));
     env.apply_store("bao", gone).await;
     let (status, message) = wait_store(&env, "bao", "BackendUnavailable").await;
     assert_eq!(status, "False", "{message}");
@@ -218,7 +219,8 @@ async fn a_denied_path_is_forbidden_and_a_lost_server_leaves_the_secret_alone() 
     assert_eq!(ready.status, "False");
     let kept = env.secret("api").await.expect("the Secret is still there");
     assert_eq!(kept.data.expect("data")["key"].0, b"bao-api-key-value", "the Secret is untouched");
-    assert_logs_free_of(&["bao-api-key-value", "bao-other-team-value"]);
+    env.remember_values(&["bao-api-key-value", "bao-other-team-value"]);
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -239,7 +241,7 @@ async fn token_and_approle_stores_sync_and_kv_v1_reports_its_version() {
     put_secret(&env, "bao-token", "token", &token).await;
     env.apply_store(
         "by-token",
-        json!({ "provider": { "openbao": { "server": bao.addr, "mount": mount,
+        json!({ "provider": { "openbao": { "server": bao.addr, "caBundle": bao.ca_pem, "mount": mount,
             "auth": { "token": { "secretRef": { "name": "bao-token", "key": "token" } } } } } }),
     )
     .await;
@@ -249,14 +251,14 @@ async fn token_and_approle_stores_sync_and_kv_v1_reports_its_version() {
     put_secret(&env, "approle", "secret-id", &secret_id).await;
     env.apply_store(
         "by-approle",
-        json!({ "provider": { "openbao": { "server": bao.addr, "mount": mount,
+        json!({ "provider": { "openbao": { "server": bao.addr, "caBundle": bao.ca_pem, "mount": mount,
             "auth": { "appRole": { "roleId": role_id, "mountPath": approle,
                 "secretRef": { "name": "approle", "key": "secret-id" } } } } } }),
     )
     .await;
     env.apply_store(
         "legacy",
-        json!({ "provider": { "openbao": { "server": bao.addr, "mount": kv1, "kvVersion": 1,
+        json!({ "provider": { "openbao": { "server": bao.addr, "caBundle": bao.ca_pem, "mount": kv1, "kvVersion": 1,
             "auth": { "token": { "secretRef": { "name": "bao-token", "key": "token" } } } } } }),
     )
     .await;
@@ -280,14 +282,15 @@ async fn token_and_approle_stores_sync_and_kv_v1_reports_its_version() {
     put_secret(&env, "approle-wrong", "secret-id", "not-the-secret-id").await;
     env.apply_store(
         "wrong-approle",
-        json!({ "provider": { "openbao": { "server": bao.addr, "mount": mount,
+        json!({ "provider": { "openbao": { "server": bao.addr, "caBundle": bao.ca_pem, "mount": mount,
             "auth": { "appRole": { "roleId": role_id, "mountPath": approle,
                 "secretRef": { "name": "approle-wrong", "key": "secret-id" } } } } } }),
     )
     .await;
     let (_, message) = wait_store(&env, "wrong-approle", "AuthenticationFailed").await;
     assert!(message.contains("invalid role or secret ID"), "{message}");
-    assert_logs_free_of(&[&token, &secret_id, "read-with-a-token", "read-with-approle", "read-from-kv-v1"]);
+    env.remember_values(&[&token, &secret_id, "read-with-a-token", "read-with-approle", "read-from-kv-v1"]);
+    env.finish().await;
 }
 
 /// Creates a store and returns the stored object or the apiserver's refusal message.
@@ -323,6 +326,10 @@ async fn openbao_store_specs_are_checked_at_admission() {
     assert_eq!(spec["kvVersion"], 2);
     assert_eq!(spec["auth"]["kubernetes"]["mountPath"], "kubernetes");
     assert_eq!(spec["auth"]["kubernetes"]["audience"], "vault");
+    let mut plain = store(k8s.clone());
+    plain["provider"]["openbao"]["server"] = json!("http://127.0.0.1:8200");
+    plain["provider"]["openbao"]["insecureHttp"] = json!(true);
+    create_store(&ns, "VaultStore", "plain", plain).await.expect("plain http, explicitly allowed");
     let approle = json!({ "appRole": { "roleId": "r", "secretRef": { "name": "s", "key": "id" } } });
     let stored = create_store(&ns, "VaultStore", "approle", store(approle.clone())).await.expect("AppRole");
     assert_eq!(stored["spec"]["provider"]["openbao"]["auth"]["appRole"]["mountPath"], "approle");
@@ -345,6 +352,9 @@ async fn openbao_store_specs_are_checked_at_admission() {
         ("dot-mount", with("mount", json!("../sys")), "mount"),
         ("empty-segment", with("mount", json!("team//kv")), "mount"),
         ("ftp", with("server", json!("ftp://bao.example")), "server"),
+        // Logins, tokens and values would cross the network in the clear: only with an explicit opt-out.
+        ("http", with("server", json!("http://bao.example:8200")), "needs insecureHttp: true"),
+        ("userinfo", with("server", json!("https://user:pass@bao.example")), "server"),
     ];
     for (name, spec, expected) in cases {
         let refused = create_store(&ns, "VaultStore", name, spec).await.expect_err(name);
@@ -399,6 +409,7 @@ async fn data_from_extracts_fields_and_finds_secrets_under_a_path() {
     assert!(data.contains_key("signing"));
     assert!(!data.contains_key("nested") && !data.contains_key("deeper"), "find lists one folder, not below it");
     assert_eq!(data.len(), 4);
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -412,7 +423,7 @@ async fn a_rotated_credential_secret_is_used_after_the_old_one_is_refused() {
     put_secret(&env, "bao-token", "token", &first).await;
     env.apply_store(
         "by-token",
-        json!({ "provider": { "openbao": { "server": bao.addr, "mount": mount,
+        json!({ "provider": { "openbao": { "server": bao.addr, "caBundle": bao.ca_pem, "mount": mount,
             "auth": { "token": { "secretRef": { "name": "bao-token", "key": "token" } } } } } }),
     )
     .await;
@@ -442,4 +453,5 @@ async fn a_rotated_credential_secret_is_used_after_the_old_one_is_refused() {
     root.kv2_put(&mount, "svc/app", json!({ "value": "read-with-the-new-token" })).await.expect("put");
     env.annotate("app", "vaultsync.dev/force-sync", "after-rotation").await;
     env.wait_secret_value("app", "v", "read-with-the-new-token").await;
+    env.finish().await;
 }

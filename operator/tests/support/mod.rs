@@ -20,6 +20,9 @@ use vaultsync_e2e::{
 };
 use vaultsync_operator::Args;
 
+#[allow(unused_imports)] // each test binary uses a different part
+pub use vaultsync_e2e::azure::{CLIENT_ID, READER_SA, TENANT};
+
 /// Everything a test needs.
 pub struct Env {
     pub ns: TestNamespace,
@@ -27,7 +30,14 @@ pub struct Env {
     pub metrics_port: u16,
     pub vault: KeyVaultServer,
     pub entra: EntraServer,
+    /// A client with exactly the chart's rights for the operator (its service account's token): every operator a
+    /// test runs uses it, so a right the chart lacks fails the test by behaviour.
+    pub operator_client: kube::Client,
     operator: Option<tokio::task::JoinHandle<()>>,
+    /// Secret values the test used outside the Key Vault test server (OpenBao values, credentials): scanned for
+    /// by [`Env::finish`] along with every value of the vault.
+    values: Mutex<Vec<String>>,
+    finished: bool,
 }
 
 impl Drop for Env {
@@ -35,11 +45,9 @@ impl Drop for Env {
         if let Some(op) = self.operator.take() {
             op.abort();
         }
-        // Every test: no value this test put in the vault may appear in the operator's logs.
         if !std::thread::panicking() {
-            let values = self.vault.all_values();
-            let values: Vec<&str> = values.iter().map(String::as_str).filter(|v| v.len() >= 4).collect();
-            assert_logs_free_of(&values);
+            vaultsync_e2e::liveness::check();
+            assert!(self.finished, "a test must end with `env.finish().await`, which scans for leaked values");
         }
     }
 }
@@ -76,8 +84,13 @@ pub fn assert_logs_free_of(values: &[&str]) {
     let logs = LOGS.get().expect("logs captured").lock().expect("log lock");
     let text = String::from_utf8_lossy(&logs);
     assert!(!text.is_empty(), "the operator logged nothing: the scan would prove nothing");
+    assert_free_of(&text, "the operator's logs", values);
+}
+
+/// Fails if any of `values` appears in `text`; `what` names where the text came from.
+fn assert_free_of(text: &str, what: &str, values: &[&str]) {
     for value in values {
-        assert!(!text.contains(value), "a secret value appears in the logs ({} bytes of logs scanned)", text.len());
+        assert!(!text.contains(value), "a secret value appears in {what} ({} bytes scanned)", text.len());
     }
 }
 
@@ -90,7 +103,17 @@ impl Env {
         install_crds(&ns.client).await;
         let AzureVault { vault, entra } = AzureVault::start(&ns).await;
         let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
-        let mut env = Env { ns, metrics_port, vault, entra, operator: None };
+        let operator_client = vaultsync_e2e::chart::operator_client(&ns, &[]).await;
+        let mut env = Env {
+            ns,
+            metrics_port,
+            vault,
+            entra,
+            operator_client,
+            operator: None,
+            values: Mutex::default(),
+            finished: false,
+        };
         env.apply_store("kv", env.store_spec()).await;
         env.start_operator();
         env
@@ -122,13 +145,51 @@ impl Env {
         self.start_operator_with(args);
     }
 
+    /// Runs the operator in process with the chart's rights; the test fails if it ends on its own.
     pub fn start_operator_with(&mut self, args: Args) {
-        let client = self.ns.client.clone();
-        self.operator = Some(tokio::spawn(async move {
-            if let Err(e) = vaultsync_operator::run_with_client(client, args).await {
-                panic!("operator failed: {e:#}");
-            }
-        }));
+        self.operator = Some(self.spawn_operator("the operator", args));
+    }
+
+    /// Runs another operator (a replica) in process with the chart's rights; the test fails if it ends on its own
+    /// unless the test aborts the returned task.
+    pub fn spawn_operator(&self, name: &str, args: Args) -> tokio::task::JoinHandle<()> {
+        let client = self.operator_client.clone();
+        vaultsync_e2e::liveness::spawn(name, vaultsync_operator::run_with_client(client, args))
+    }
+
+    /// Remembers secret values used outside the Key Vault test server, for [`Env::finish`]'s scan.
+    pub fn remember_values(&self, values: &[&str]) {
+        self.values.lock().expect("values lock").extend(values.iter().map(|v| v.to_string()));
+    }
+
+    /// Ends the test: no secret value of the test (every value of the vault, and those remembered) may appear in
+    /// the operator's logs, metrics, Events, or the status of any vaultsync object in the namespace; and the
+    /// operator must still be running. Then stops the operator.
+    pub async fn finish(mut self) {
+        vaultsync_e2e::liveness::check();
+        let mut values = self.vault.all_values();
+        values.extend(self.values.lock().expect("values lock").iter().cloned());
+        let values: Vec<&str> = values.iter().map(String::as_str).filter(|v| v.len() >= 4).collect();
+        assert_logs_free_of(&values);
+        if self.operator.is_some() {
+            let (code, metrics) = self.http_get("/metrics").await;
+            assert_eq!(code, 200, "the operator serves /metrics");
+            assert_free_of(&metrics, "the operator's metrics", &values);
+        }
+        let events = self.ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await;
+        let events = serde_json::to_string(&events.expect("listing Events").items).expect("events as JSON");
+        assert_free_of(&events, "the namespace's Events", &values);
+        let core_events = self.ns.api::<k8s_openapi::api::core::v1::Event>().list(&Default::default()).await;
+        let core_events = serde_json::to_string(&core_events.expect("listing Events").items).expect("JSON");
+        assert_free_of(&core_events, "the namespace's core Events", &values);
+        let statuses = self.ns.api::<VaultSecret>().list(&Default::default()).await.expect("listing VaultSecrets");
+        let statuses: Vec<_> = statuses.items.into_iter().map(|vs| vs.status).collect();
+        let stores = self.ns.api::<VaultStore>().list(&Default::default()).await.expect("listing VaultStores");
+        let stores: Vec<_> = stores.items.into_iter().map(|s| s.status).collect();
+        let text = serde_json::to_string(&(statuses, stores)).expect("statuses as JSON");
+        assert_free_of(&text, "the status of vaultsync objects", &values);
+        self.finished = true;
+        self.stop_operator().await;
     }
 
     pub async fn stop_operator(&mut self) {
@@ -184,8 +245,13 @@ impl Env {
 
     /// Waits until Secret `name` has `key` = `value`.
     pub async fn wait_secret_value(&self, name: &str, key: &str, value: &str) -> Secret {
+        self.wait_secret_value_within(name, key, value, Duration::from_secs(20)).await
+    }
+
+    /// Waits up to `timeout` until Secret `name` has `key` = `value`.
+    pub async fn wait_secret_value_within(&self, name: &str, key: &str, value: &str, timeout: Duration) -> Secret {
         let api = self.ns.api::<Secret>();
-        eventually(Duration::from_secs(20), &format!("Secret {name} to hold the expected {key}"), || {
+        eventually(timeout, &format!("Secret {name} to hold the expected {key}"), || {
             let api = api.clone();
             async move {
                 let secret = api.get_opt(name).await.ok()??;
@@ -206,6 +272,23 @@ impl Env {
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.metrics_port, path).await
     }
+
+    /// The sum of the operator's metric samples whose lines start with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> u64 {
+        metric_sum(self.metrics_port, prefix).await
+    }
+
+    /// Waits until the operator's metric samples starting with `prefix` add up to at least `count`: the positive
+    /// signal that it did something (looked at VaultSecrets, checked workloads) before a test asserts what it did
+    /// not do.
+    pub async fn wait_metric_at_least(&self, prefix: &str, count: u64) -> u64 {
+        let port = self.metrics_port;
+        eventually(Duration::from_secs(30), &format!("{prefix} to reach {count}"), || async move {
+            let value = metric_sum(port, prefix).await;
+            (value >= count).then_some(value)
+        })
+        .await
+    }
 }
 
 /// The sum of every sample of the metrics whose lines start with `prefix`, on `port`.
@@ -222,7 +305,10 @@ pub async fn metric_sum(port: u16, prefix: &str) -> u64 {
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        // Not listening (yet, or any more): status 0, for callers that wait or assert on the status.
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return (0, String::new());
+        };
         let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut answer = String::new();

@@ -98,6 +98,9 @@ macro_rules! progress {
     };
 }
 
+/// The authority the test vaults' challenges name (only its tenant is used: tokens come from the store's authority).
+const AUTHORITY: &str = "https://login.microsoftonline.com";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -106,8 +109,8 @@ async fn main() -> anyhow::Result<()> {
     if flags.count < 10 {
         bail!("--count must be at least 10 (a tenth of the objects is rotated)");
     }
-    if interval < Duration::from_secs(5) {
-        bail!("--interval must be at least 5s: a refresh cycle is measured over one interval");
+    if interval < Duration::from_secs(10) {
+        bail!("--interval must be at least 10s, the shortest refreshInterval a VaultSecret accepts");
     }
     if !flags.operator_bin.is_file() {
         bail!("--operator-bin {} is not a file", flags.operator_bin.display());
@@ -214,9 +217,15 @@ impl Bench {
                 access_token: ACCESS_TOKEN.into(),
             });
         }
-        let entra = EntraServer::start(client.clone(), federations).await?;
-        let vault_own = KeyVaultServer::start().await?;
-        let vault_shared = KeyVaultServer::start().await?;
+        let vault_own = KeyVaultServer::builder().authority(AUTHORITY, "tenant-1").start().await?;
+        let vault_shared = KeyVaultServer::builder().authority(AUTHORITY, "tenant-1").start().await?;
+        let entra = federations
+            .into_iter()
+            .fold(EntraServer::builder(Some(client.clone())), |b, f| b.federation(f))
+            .resource(vault_own.challenge_resource())
+            .resource(vault_shared.challenge_resource())
+            .start()
+            .await?;
         for vault in [&vault_own, &vault_shared] {
             vault.require_bearer(Some(ACCESS_TOKEN.into()));
         }

@@ -159,8 +159,13 @@ async fn demo(files: &DemoFiles) -> anyhow::Result<()> {
         audience: AUDIENCE.into(),
         access_token: ACCESS_TOKEN.into(),
     };
-    let entra = EntraServer::start(client.clone(), vec![federation.clone()]).await?;
-    let vault = KeyVaultServer::start().await?;
+    // The vault's 401 challenge names the store's tenant; Entra issues tokens for the vault's resource.
+    let vault = KeyVaultServer::builder().authority("https://login.microsoftonline.com", TENANT_ID).start().await?;
+    let entra = EntraServer::builder(Some(client.clone()))
+        .federation(federation.clone())
+        .resource(vault.challenge_resource())
+        .start()
+        .await?;
     // Like Azure: only a caller with a token from Entra gets in.
     vault.require_bearer(Some(ACCESS_TOKEN.into()));
     say(format!(

@@ -125,8 +125,12 @@ async fn setup(flags: &Flags) -> anyhow::Result<Setup> {
         audience: "api://AzureADTokenExchange".into(),
         access_token: access_token.clone(),
     };
-    let entra = EntraServer::start(ns.client.clone(), vec![federation]).await?;
-    let vault = KeyVaultServer::start().await?;
+    let vault = KeyVaultServer::builder().authority("https://login.microsoftonline.com", "tenant-1").start().await?;
+    let entra = EntraServer::builder(Some(ns.client.clone()))
+        .federation(federation)
+        .resource(vault.challenge_resource())
+        .start()
+        .await?;
     vault.require_bearer(Some(access_token));
     vault.set_secret(OBJECT, "initial");
 
