@@ -34,9 +34,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd e2e/controlplane && test -z "$$(gofmt -l .)" && go vet .
 
-## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops)
+## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops); NODE=1 adds a
+## node and a pod that prints the Secret it reads, before and after the rotation
 demo: tools
-	$(CARGO) run --locked -q -p vaultsync-tools --bin vaultsync-demo
+	$(CARGO) run --locked -q -p vaultsync-tools --bin vaultsync-demo $(if $(NODE),-- --node)
 
 ## bench: measure the operator (release build) on the local control plane; BENCH_FLAGS="--count 100 --interval 20s"
 BENCH_FLAGS ?=

@@ -8,11 +8,16 @@
 use std::{collections::BTreeSet, path::PathBuf, process::Command, sync::Mutex, time::Duration};
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{EnvVar, Pod},
+};
 use kube::{
     Api,
     api::{ListParams, LogParams},
 };
+
+use serde_json::{Value, json};
 
 use crate::{ControlPlane, chart::repo_root, process::cache_dir};
 
@@ -143,6 +148,41 @@ fn url_host_port(url: &str) -> (String, String) {
     let authority = url.trim_start_matches("https://").trim_end_matches('/');
     let (host, port) = authority.rsplit_once(':').expect("the apiserver URL has a port");
     (host.to_string(), port.to_string())
+}
+
+/// A Deployment `name` (pods labelled `app: <name>`) of the test workload, on the host network, that prints
+/// `key` of Secret `secret` from its environment (`VALUE`) and from a volume (`/etc/secret/<key>`); `labels` go on
+/// the Deployment (e.g. `vaultsync.dev/reload`).
+pub fn workload_deployment(name: &str, image: &str, secret: &str, key: &str, labels: Value) -> Deployment {
+    let file = format!("/etc/secret/{key}");
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "hostNetwork": true,
+                    "containers": [{
+                        "name": "reader",
+                        "image": image,
+                        "imagePullPolicy": "Never",
+                        "args": ["--env", "VALUE", "--file", file],
+                        "env": [{ "name": "VALUE", "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } }],
+                        "volumeMounts": [{ "name": "secret", "mountPath": "/etc/secret", "readOnly": true }],
+                    }],
+                    "volumes": [{ "name": "secret", "secret": { "secretName": secret } }],
+                }
+            }
+        }
+    }))
+    .expect("workload deployment")
+}
+
+/// What the workload of `workload_deployment` prints when its environment variable and file hold `value`.
+pub fn workload_lines(key: &str, value: &str) -> [String; 2] {
+    [format!("env VALUE={value:?}"), format!("file /etc/secret/{key}={value:?}")]
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {

@@ -30,49 +30,18 @@ use vaultsync_e2e::{
     azure::AzureVault,
     chart::{CHART, HelmTools, assert_success},
     eventually, install_crds,
-    node::{self, OPERATOR_IMAGE, WORKLOAD_IMAGE, pod_ready, wait_for_log_line, wait_for_pods},
+    node::{
+        self, OPERATOR_IMAGE, WORKLOAD_IMAGE, pod_ready, wait_for_log_line, wait_for_pods, workload_deployment,
+        workload_lines,
+    },
     process::free_port,
 };
 
 /// Pod start-up on this node takes seconds; the margin is for a loaded machine.
 const POD_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A Deployment of the test workload that reports `key` of Secret `secret` from its environment
-/// (`VALUE`) and from a volume (`/etc/secret/<key>`).
-fn reader(name: &str, image: &str, secret: &str, key: &str, labels: Value) -> Deployment {
-    let file = format!("/etc/secret/{key}");
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": labels },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "hostNetwork": true,
-                    "containers": [{
-                        "name": "reader",
-                        "image": image,
-                        "imagePullPolicy": "Never",
-                        "args": ["--env", "VALUE", "--file", file],
-                        "env": [{ "name": "VALUE", "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } }],
-                        "volumeMounts": [{ "name": "secret", "mountPath": "/etc/secret", "readOnly": true }],
-                    }],
-                    "volumes": [{ "name": "secret", "secret": { "secretName": secret } }],
-                }
-            }
-        }
-    }))
-    .expect("reader deployment")
-}
-
-/// What the workload prints for its environment variable and its file holding `value`.
-fn seen(key: &str, value: &str) -> [String; 2] {
-    [format!("env VALUE={value:?}"), format!("file /etc/secret/{key}={value:?}")]
-}
-
 async fn wait_for_values(pods: &Api<Pod>, pod: &str, key: &str, value: &str) {
-    for line in seen(key, value) {
+    for line in workload_lines(key, value) {
         wait_for_log_line(pods, pod, &line, POD_TIMEOUT).await;
     }
 }
@@ -133,7 +102,7 @@ async fn a_pod_reads_a_secret_from_env_and_a_volume_and_a_new_template_rolls_it(
     let secrets: Api<Secret> = ns.api();
     secrets.create(&PostParams::default(), &secret("app-secret", "password", "first-value")).await.expect("Secret");
     let deployments: Api<Deployment> = ns.api();
-    let deployment = reader("reader", &image, "app-secret", "password", json!({}));
+    let deployment = workload_deployment("reader", &image, "app-secret", "password", json!({}));
     deployments.create(&PostParams::default(), &deployment).await.expect("Deployment");
 
     let pods: Api<Pod> = ns.api();
@@ -150,7 +119,7 @@ async fn a_pod_reads_a_secret_from_env_and_a_volume_and_a_new_template_rolls_it(
         })
         .await
         .expect("updating the Secret");
-    let [env_line, file_line] = seen("password", "second-value");
+    let [env_line, file_line] = workload_lines("password", "second-value");
     wait_for_log_line(&pods, &first, &file_line, POD_TIMEOUT).await;
     let log = pods.logs(&first, &Default::default()).await.expect("the first pod's log");
     assert!(!log.lines().any(|l| l == env_line), "the environment does not change in a running pod:\n{log}");
@@ -386,7 +355,7 @@ async fn a_rotation_rolls_a_workload_to_a_pod_that_reads_the_new_value() {
     // A workload labelled for rollouts reads the synced Secret.
     let image = plane.import_image(WORKLOAD_IMAGE);
     let deployments: Api<Deployment> = ns.api();
-    let workload = reader("app", &image, "db", "password", json!({ "vaultsync.dev/reload": "true" }));
+    let workload = workload_deployment("app", &image, "db", "password", json!({ "vaultsync.dev/reload": "true" }));
     deployments.create(&PostParams::default(), &workload).await.expect("Deployment");
     let pods: Api<Pod> = ns.api();
     let first = ready_pod(&pods, "app").await;
