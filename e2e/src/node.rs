@@ -5,9 +5,14 @@
 //! Pods on this node use the host network (there is no pod network); they reach the apiserver through
 //! `KUBERNETES_SERVICE_HOST`/`PORT` set to its loopback address (`ControlPlane::service_env`).
 
-use std::{collections::BTreeSet, path::PathBuf, process::Command, sync::Mutex, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    process::Command,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
-use anyhow::{Context as _, bail};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{EnvVar, Pod},
@@ -48,28 +53,32 @@ pub fn image(name: &str) -> String {
 /// The tag of locally built images (the chart's default is the release's appVersion).
 pub const IMAGE_TAG: &str = "dev";
 
-/// The archive of a locally built image, (re)built first if its program changed. The build script is
-/// cached: when nothing changed it only asks cargo, which answers in a moment.
+/// The archive of a locally built image. The first call (re)builds every image whose program changed, as
+/// `make tools` does: the script is cached, and one cargo invocation for all images keeps cargo from rebuilding
+/// between the two. When nothing changed it only asks cargo, which answers in a moment.
 fn archive(name: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let mut built = BUILT.lock().map_err(|_| anyhow::anyhow!("image build lock poisoned"))?;
-    if !built.contains(name) {
-        let out = Command::new(repo_root().join("scripts/build-images.sh"))
-            .arg(name)
-            .env("VAULTSYNC_CACHE", cache_dir())
-            .output()
-            .context("running scripts/build-images.sh")?;
-        if !out.status.success() {
-            bail!(
-                "scripts/build-images.sh {name} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        built.insert(name.to_string());
-    }
-    Ok(cache_dir().join("images").join(format!("{name}.tar")))
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Command::new(repo_root().join("scripts/build-images.sh"))
+                .env("VAULTSYNC_CACHE", cache_dir())
+                .output()
+                .map_err(|e| format!("running scripts/build-images.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/build-images.sh failed ({}):\n{}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let path = cache_dir().join("images").join(format!("{name}.tar"));
+    anyhow::ensure!(path.exists(), "no image {name}: is it in images/images.list?");
+    Ok(path)
 }
 
 /// The arguments of `controlplane up` for a node with the sandbox image.
