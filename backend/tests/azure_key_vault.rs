@@ -187,3 +187,87 @@ async fn listing_pages_through_every_name_with_the_prefix() {
     assert_eq!(vault.calls(Op::ListSecrets), 2);
     assert_eq!(vault.calls(Op::GetSecret), 0, "listing reads no value");
 }
+
+/// A vault that answers its challenge, then a list page whose nextLink points at `next`.
+async fn vault_linking_to(next: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::{Json, http::HeaderMap, response::IntoResponse};
+    use vaultsync_e2e::tls::{TestCa, loopback_listener, serve_https};
+    let (listener, addr) = loopback_listener().await.expect("listener");
+    let url = format!("https://localhost:{}", addr.port());
+    let challenge = format!(r#"Bearer authorization="https://login.microsoftonline.com/t", resource="{url}""#);
+    let app = axum::Router::new().route(
+        "/secrets",
+        axum::routing::get(move |headers: HeaderMap| async move {
+            if !headers.contains_key("authorization") {
+                let mut answer = axum::http::StatusCode::UNAUTHORIZED.into_response();
+                answer.headers_mut().insert("www-authenticate", challenge.parse().expect("header"));
+                return answer;
+            }
+            let page = serde_json::json!({ "value": [{ "id": "https://x/secrets/app-1", "attributes": {} }],
+                "nextLink": next });
+            Json(page).into_response()
+        }),
+    );
+    let config = TestCa::shared().loopback_server_config().expect("tls");
+    (url, tokio::spawn(serve_https(listener, config, app)))
+}
+
+#[tokio::test]
+async fn a_next_link_to_another_origin_is_refused() {
+    for next in [
+        "https://evil.example/secrets?api-version=7.6&$skiptoken=x",
+        "http://localhost/secrets?api-version=7.6",
+        "https://localhost:1/secrets?api-version=7.6",
+        "not a link at all",
+    ] {
+        let (url, server) = vault_linking_to(next).await;
+        let http = http_client(Some(vaultsync_e2e::tls::TestCa::shared().ca_pem())).expect("http");
+        let endpoint = AzureEndpoint::new(http, &url, "7.6").expect("endpoint");
+        let error = reader(endpoint, "t").list("").await.expect_err(next);
+        assert!(error.to_string().contains("another origin"), "{next}: {error}");
+        server.abort();
+    }
+}
+
+#[tokio::test]
+async fn the_challenge_decides_scope_and_tenant_and_foreign_ones_are_refused() {
+    use vaultsync_backend::token::{EntraToken, Grant};
+    use vaultsync_e2e::entra::{ClientSecret, EntraServer};
+
+    // A vault that names the public Key Vault resource although it is not in that domain: no token is asked for.
+    let foreign = KeyVaultServer::builder().challenge_resource("https://vault.azure.net").start().await.expect("vault");
+    let error = client(&foreign, "t").get(&ObjectRef::latest("x")).await.expect_err("foreign resource");
+    assert!(error.to_string().contains("not this vault's domain"), "{error}");
+    assert_eq!(foreign.total_calls(), 0, "nothing was asked with a token");
+
+    // The vault belongs to another tenant than the store names: the token service is not asked.
+    let vault = KeyVaultServer::builder()
+        .authority("https://login.microsoftonline.com", "tenant-b")
+        .start()
+        .await
+        .expect("vault");
+    vault.set_secret("k", "tenant-value");
+    let entra = EntraServer::builder(None)
+        .client_secret(ClientSecret { client_id: "app".into(), secret: "s3".into(), access_token: "tok".into() })
+        .resource(vault.challenge_resource())
+        .start()
+        .await
+        .expect("entra");
+    let http = http_client(Some(vault.ca_pem())).expect("http");
+    let reader = |tenant: &str| {
+        let token = EntraToken::new(
+            http.clone(),
+            entra.authority_host(),
+            tenant,
+            Some("app".into()),
+            Grant::ClientSecret(zeroize::Zeroizing::new("s3".into())),
+        );
+        AzureKeyVault::new(Arc::new(endpoint(&vault)), Arc::new(token), principal(tenant))
+    };
+    let error = reader("tenant-a").get(&ObjectRef::latest("k")).await.expect_err("another tenant");
+    assert!(error.to_string().contains("tenant-b") && error.to_string().contains("tenant-a"), "{error}");
+    assert_eq!(entra.counts(), (0, 0), "the token service was not asked");
+    // The tenant the challenge names, and the scope of the vault's own resource: a token, and the read.
+    let value = reader("tenant-b").get(&ObjectRef::latest("k")).await.expect("read");
+    assert_eq!(value.value.expose(), b"tenant-value");
+}

@@ -5,9 +5,10 @@
 //! (`/{tenant}/v2.0/.well-known/openid-configuration`), and the client-credentials grant at
 //! `/{tenant}/oauth2/v2.0/token` with a client secret, a certificate-signed client assertion, or a
 //! federated (workload identity) assertion. A federated assertion is checked as Entra does: the
-//! issuer's discovery document and JWKS are fetched (the local apiserver is the issuer), the RS256
-//! signature (RS256, or the apiserver's ES256) is verified with the JWKS key, then `iss`, `sub`, `aud`, `exp` and `nbf` are matched
-//! against the configured federated credentials. Scopes are `<resource>/.default` for a resource
+//! issuer's discovery document and JWKS are fetched (the local apiserver is the issuer), the
+//! signature (RS256, or the ES256 the local apiserver signs with) is verified with the JWKS key,
+//! then `iss`, `sub`, `aud`, `exp` and `nbf` are matched against the configured federated
+//! credentials. Scopes are `<resource>/.default` for a resource
 //! the server knows. Faults (429 with `Retry-After`, 5xx, IMDS 404/410) can be injected for a
 //! number of calls, and every grant is counted. Nothing is logged.
 
@@ -153,8 +154,7 @@ impl EntraBuilder {
             certificates: self.certificates.into_iter().map(|c| (c.client_id.clone(), c)).collect(),
             secrets: self.secrets.into_iter().map(|s| (s.client_id.clone(), s)).collect(),
             identities: self.identities,
-            resources: self.resources,
-            state: Mutex::default(),
+            state: Mutex::new(Mutable { resources: self.resources, ..Mutable::default() }),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         });
@@ -179,6 +179,8 @@ impl EntraBuilder {
 struct Mutable {
     faults: VecDeque<Fault>,
     calls: HashMap<Grant, u64>,
+    /// Resources tokens may be asked for besides the public Key Vault one.
+    resources: BTreeSet<String>,
 }
 
 struct Shared {
@@ -189,7 +191,6 @@ struct Shared {
     certificates: HashMap<String, CertificateCredential>,
     secrets: HashMap<String, ClientSecret>,
     identities: Vec<ManagedIdentity>,
-    resources: BTreeSet<String>,
     state: Mutex<Mutable>,
     issued: AtomicU64,
     refused: AtomicU64,
@@ -225,7 +226,7 @@ impl Shared {
 
     fn knows(&self, resource: &str) -> bool {
         let resource = resource.trim_end_matches('/');
-        resource == KEY_VAULT_RESOURCE || self.resources.contains(resource)
+        resource == KEY_VAULT_RESOURCE || self.lock().resources.contains(resource)
     }
 }
 
@@ -271,6 +272,12 @@ impl EntraServer {
     ) -> anyhow::Result<Self> {
         let builder = federations.into_iter().fold(Self::builder(Some(kube)), EntraBuilder::federation);
         certificates.into_iter().fold(builder, EntraBuilder::certificate).start().await
+    }
+
+    /// Knows `resource` from now on (such as the challenge resource of a vault started after this
+    /// server), as [`EntraBuilder::resource`] does.
+    pub fn add_resource(&self, resource: &str) {
+        self.shared.lock().resources.insert(resource.trim_end_matches('/').to_string());
     }
 
     /// The authority host to configure (`https://localhost:PORT`).

@@ -113,6 +113,11 @@ async fn client_secrets_discovery_and_throttling() {
     assert_eq!((status, aadsts(&body)), (401, "AADSTS7000215"), "{body}");
     let (status, body) = token(&entra, &form("s3cret", "https://vault.azure.net")).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")), "a scope needs /.default: {body}");
+    let (status, _) = token(&entra, &form("s3cret", "https://localhost:10/.default")).await;
+    assert_eq!(status, 400, "an unknown resource");
+    entra.add_resource("https://localhost:10/");
+    let (status, _) = token(&entra, &form("s3cret", "https://localhost:10/.default")).await;
+    assert_eq!(status, 200, "a resource added after start");
 
     entra.fail_next(Endpoint::Token, 1, 429, Some(3));
     let url = format!("{}/tenant-1/oauth2/v2.0/token", entra.authority_host());
@@ -123,7 +128,7 @@ async fn client_secrets_discovery_and_throttling() {
     assert_eq!(throttled.headers()["retry-after"], "3");
     let (status, _) = token(&entra, &form("s3cret", "https://vault.azure.net/.default")).await;
     assert_eq!(status, 200, "one fault, then served");
-    assert_eq!(entra.calls(Grant::ClientSecret), 5);
+    assert_eq!(entra.calls(Grant::ClientSecret), 7);
 
     let discovery = http
         .get(format!("{}/tenant-1/v2.0/.well-known/openid-configuration", entra.authority_host()))

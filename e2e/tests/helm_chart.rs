@@ -141,6 +141,9 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"30s\"",
         "- name: VAULTSYNC_DEFAULT_RPS\n              value: \"50\"",
         "- name: VAULTSYNC_DEFAULT_BURST\n              value: \"100\"",
+        "- name: VAULTSYNC_ALLOWED_TOKEN_AUDIENCES\n              value: \"api://AzureADTokenExchange,vault\"",
+        "- name: VAULTSYNC_OPERATOR_IDENTITY_IN_VAULT_STORES\n              value: \"false\"",
+        "- name: VAULTSYNC_RECONCILE_TIMEOUT\n              value: \"2m\"",
     ] {
         assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
     }
@@ -500,4 +503,29 @@ async fn wrong_values_fail_the_install_with_a_clear_message() {
     assert!(one_of_kind(&yaml, "Service").contains("port: 18080"), "the metrics Service follows metrics.port");
     let defaults = tools.render(&ns.name, &[]).await;
     assert!(!defaults.contains("hostNetwork"), "the pod network by default");
+}
+
+#[tokio::test]
+async fn the_event_grid_endpoint_reaches_the_leader_only() {
+    let ns = TestNamespace::new("helm-eventgrid").await;
+    install_crds(&ns.client).await;
+    let tools = HelmTools::new();
+    let off = tools.render(&ns.name, &[]).await;
+    assert!(of_kind(&off, "Service").iter().all(|s| !s.contains("name: vs-vaultsync-eventgrid")), "none by default");
+    assert!(!one_of_kind(&off, "Role").contains("pods"), "no right on pods without the endpoint");
+    assert!(!one_of_kind(&off, "Deployment").contains("VAULTSYNC_LABEL_LEADER_POD"));
+
+    let on = tools
+        .render(&ns.name, &["--set", "eventGrid.enabled=true", "--set", "eventGrid.keySecret.name=grid-key"])
+        .await;
+    let service =
+        of_kind(&on, "Service").into_iter().find(|s| s.contains("name: vs-vaultsync-eventgrid")).expect("Service");
+    assert!(service.contains("vaultsync.dev/leader: \"true\""), "only the leader's pod is selected:\n{service}");
+    let role = one_of_kind(&on, "Role");
+    assert!(role.contains("pods") && role.contains("patch"), "the replicas label their own pods:\n{role}");
+    assert!(
+        one_of_kind(&on, "Deployment").contains("- name: VAULTSYNC_LABEL_LEADER_POD\n              value: \"true\"")
+    );
+    let apply = tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(on)).await;
+    assert_success(&apply, "kubectl apply --dry-run=server (Event Grid on)");
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use reqwest::{Method, StatusCode};
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::Value;
 use vaultsync_e2e::keyvault::{API_VERSIONS, KeyVaultError, KeyVaultServer, Op, PUBLIC_RESOURCE};
 use vaultsync_e2e::tls::TestCa;
@@ -386,5 +387,62 @@ async fn keys_and_certificates_share_names_and_versions_with_their_secret() -> a
         client.request(Method::POST, "/keys/bad/create").json(&serde_json::json!({ "kty": "oct" })).send().await?;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     assert_eq!((server.calls(Op::CreateCertificate), server.calls(Op::GetCertificateOperation)), (1, 1));
+    Ok(())
+}
+
+/// A CA and a leaf it signed, PEM, with the leaf's PKCS#8 key.
+fn chain_pem() -> anyhow::Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "import CA");
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["imported.example".to_string()])?
+        .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))?;
+    Ok((leaf_key.serialize_pem(), leaf.pem(), ca.pem()))
+}
+
+#[tokio::test]
+async fn imports_put_the_leaf_first_and_refuse_what_they_cannot_use() -> anyhow::Result<()> {
+    use base64::{Engine as _, engine::general_purpose::STANDARD};
+    let server = KeyVaultServer::start().await?;
+    let client = server.client()?;
+    let (key, leaf, ca) = chain_pem()?;
+    let import = |name: &str, value: String, content_type: &str| {
+        let body = serde_json::json!({ "value": value, "policy": { "secret_props": { "contentType": content_type } } });
+        let path = format!("/certificates/{name}/import");
+        let client = &client;
+        async move { client.call(Method::POST, &path, Some(&body)).await }
+    };
+    let pem = "application/x-pem-file";
+
+    // CA before the leaf, sent base64 encoded as Microsoft's SDKs send PEM.
+    let imported = import("chain", STANDARD.encode(format!("{key}{ca}{leaf}")), pem).await?;
+    let leaf_der = rustls::pki_types::CertificateDer::from_pem_slice(leaf.as_bytes())?;
+    assert_eq!(imported["cer"], STANDARD.encode(&leaf_der), "the certificate is the leaf");
+    assert_eq!(imported["policy"]["issuer"]["name"], "Unknown");
+    assert_eq!(imported["policy"]["x509_props"]["sans"]["dns_names"], serde_json::json!(["imported.example"]));
+    let secret = client.get("chain", None).await?.value.unwrap_or_default();
+    let norm = |s: &str| s.replace("\r\n", "\n");
+    assert_eq!(norm(&secret), norm(&format!("{key}{leaf}{ca}")), "key, then leaf, then CA");
+
+    let (other_key, _, _) = chain_pem()?;
+    let refusals = [
+        ("mismatch", format!("{other_key}{leaf}{ca}"), pem, "does not match"),
+        ("no-key", format!("{leaf}{ca}"), pem, "Private key is not specified"),
+        ("not-pem", STANDARD.encode(b"garbage"), pem, "unexpected format"),
+        ("pem-as-pfx", STANDARD.encode(format!("{key}{leaf}")), "application/x-pkcs12", "PKCS#12"),
+        ("broken-pfx", STANDARD.encode(b"\x30\x03\x02\x01\x03"), "application/x-pkcs12", "PKCS#12"),
+        ("not-base64", "%%%".to_string(), "application/x-pkcs12", "base64"),
+    ];
+    for (name, value, content_type, reason) in refusals {
+        let error = vault_error(import(name, value, content_type).await);
+        assert_eq!((error.status, error.code.as_str()), (400, "BadParameter"), "{name}: {}", error.message);
+        assert!(error.message.contains(reason), "{name}: {}", error.message);
+        assert_eq!(vault_error(client.get(name, None).await).status, 404, "{name}: nothing stored");
+    }
+    assert_eq!(server.calls(Op::ImportCertificate), 7);
     Ok(())
 }

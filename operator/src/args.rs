@@ -25,6 +25,11 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
 
+    /// Label this replica's pod (`--pod-name` in `--namespace`) `vaultsync.dev/leader: "true"` while it leads, and
+    /// remove the label while it stands by, so a Service can select the leader (the Event Grid endpoint's does).
+    #[arg(long, env = "VAULTSYNC_LABEL_LEADER_POD", default_value_t = false, action = clap::ArgAction::Set)]
+    pub label_leader_pod: bool,
+
     /// The Lease name for leader election.
     #[arg(long, env = "VAULTSYNC_LEASE_NAME", default_value = "vaultsync-operator")]
     pub lease_name: String,
@@ -70,6 +75,24 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_OPERATOR_IDENTITY_IN_VAULT_STORES", default_value_t = false, action = clap::ArgAction::Set)]
     pub operator_identity_in_vault_stores: bool,
 
+    /// The operator's own Azure workload identity, as the AKS workload identity webhook injects it: the app's client
+    /// ID. With --azure-tenant-id and --azure-federated-token-file, `managedIdentity` stores read with it.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
+
+    /// The tenant of the operator's own workload identity.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub azure_tenant_id: Option<String>,
+
+    /// The projected service-account token file of the operator's own workload identity (read anew for each
+    /// exchange: the kubelet rotates it).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub azure_federated_token_file: Option<PathBuf>,
+
+    /// The Entra authority host of the operator's own workload identity.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = "https://login.microsoftonline.com")]
+    pub azure_authority_host: String,
+
     /// The managed identity token endpoint (instance metadata service).
     #[arg(
         long,
@@ -109,7 +132,15 @@ impl Args {
             default_budget: (self.default_requests_per_second, self.default_burst),
             allowed_audiences: self.allowed_token_audiences.clone(),
             operator_identity_in_vault_stores: self.operator_identity_in_vault_stores,
-            azure_environment: vaultsync_stores::AzureEnvironment::from_env(),
+            azure_environment: match (&self.azure_client_id, &self.azure_tenant_id, &self.azure_federated_token_file) {
+                (Some(client_id), Some(tenant_id), Some(token_file)) => Some(vaultsync_stores::AzureEnvironment {
+                    client_id: client_id.clone(),
+                    tenant_id: tenant_id.clone(),
+                    token_file: token_file.clone(),
+                    authority_host: self.azure_authority_host.trim_end_matches('/').to_string(),
+                }),
+                _ => None,
+            },
         }
     }
 }

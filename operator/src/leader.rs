@@ -15,6 +15,17 @@ use kube::{
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
+/// The label the leading replica's pod carries (see `--label-leader-pod`).
+pub const LEADER_LABEL: &str = "vaultsync.dev/leader";
+
+/// Sets or removes [`LEADER_LABEL`] on this replica's pod.
+pub async fn label_pod(client: &Client, namespace: &str, pod: &str, leading: bool) -> Result<(), kube::Error> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let value = if leading { serde_json::json!("true") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
+    api.patch(pod, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.map(drop)
+}
+
 /// Where the Lease lives, who we are, and the timings.
 #[derive(Clone, Debug)]
 pub struct LeaderConfig {

@@ -67,10 +67,18 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
         };
         // A standby replica is healthy and ready; it just does not write.
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        if args.label_leader_pod {
+            // A replica restarted in the pod of a former leader must not keep drawing its traffic.
+            mark_leader(&client, &args, false).await;
+        }
         info!(lease = %args.lease_name, "waiting to become the leader");
         leadership = Some(leader::acquire(client.clone(), config).await?);
+        if args.label_leader_pod {
+            mark_leader(&client, &args, true).await;
+        }
     }
     let hmac_key = hmac_key(&client, &args).await?;
+    let (client_for_release, args_for_release) = (client.clone(), args.clone());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!("vaultsync operator running");
     let observer_metrics = metrics.clone();
@@ -90,6 +98,9 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
                 () = leadership.lost() => anyhow::bail!("lost the leader lease; exiting so a new leader takes over"),
             }
             // Shutting down (SIGTERM): hand the Lease over now rather than after it expires.
+            if args_for_release.label_leader_pod {
+                mark_leader(&client_for_release, &args_for_release, false).await;
+            }
             leadership.release().await;
             Ok(())
         }
@@ -97,6 +108,14 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
             controller.await;
             Ok(())
         }
+    }
+}
+
+/// Labels (or unlabels) this replica's pod as the leader; a failure is logged (the pod may be gone, or the operator
+/// may not run in a pod).
+async fn mark_leader(client: &Client, args: &Args, leading: bool) {
+    if let Err(e) = leader::label_pod(client, &args.namespace, &args.pod_name, leading).await {
+        tracing::warn!(error = %e, pod = %args.pod_name, leading, "labelling this replica's pod failed");
     }
 }
 

@@ -54,9 +54,9 @@ pub fn decode(value: Vec<u8>, decoding: Decoding, object: &str) -> Result<Vec<u8
     }
 }
 
-/// HMAC-SHA256 over the keys and values (each length-prefixed, so no two data maps collide),
-/// under the installation's key: equal content gives an equal digest, and the digest reveals
-/// nothing without the key.
+/// HMAC-SHA256 over the keys and values (each length-prefixed, so no two data maps collide), under the
+/// installation's key: equal content gives an equal digest, and the digest reveals nothing without the key. The digest
+/// names its key (`hmac-sha256:<key id>:<hex>`), so a digest made under another key is known to be incomparable.
 pub fn data_hmac(key: &[u8], data: &SecretData) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     for (name, value) in data {
@@ -66,7 +66,41 @@ pub fn data_hmac(key: &[u8], data: &SecretData) -> String {
         mac.update(value.expose());
     }
     let digest = mac.finalize().into_bytes();
-    format!("hmac-sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("hmac-sha256:{}:{}", key_id(key), digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A short name of an HMAC key: the first 8 hex digits of its SHA-256 (a one-way value of 32 random bytes).
+pub fn key_id(key: &[u8]) -> String {
+    use sha2::Digest as _;
+    Sha256::digest(key).iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key id a digest names; `None` for a digest without one (made before digests named their key).
+pub fn digest_key_id(digest: &str) -> Option<&str> {
+    let mut parts = digest.strip_prefix("hmac-sha256:")?.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(id), Some(_), None) => Some(id),
+        _ => None,
+    }
+}
+
+/// How a new digest compares with a recorded one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    Same,
+    /// Made under the same key, and different: the content changed.
+    Changed,
+    /// Nothing recorded, or recorded under another key (lost or replaced): whether the content changed is not known,
+    /// and must not be taken for a change.
+    Unknown,
+}
+
+pub fn compare(recorded: Option<&str>, new: &str) -> Comparison {
+    match recorded {
+        Some(old) if old == new => Comparison::Same,
+        Some(old) if digest_key_id(old).is_some() && digest_key_id(old) == digest_key_id(new) => Comparison::Changed,
+        _ => Comparison::Unknown,
+    }
 }
 
 #[cfg(test)]
@@ -108,6 +142,21 @@ mod tests {
         assert_ne!(a, data_hmac(b"key-2", &data(&[("password", "x")])));
         assert_ne!(a, data_hmac(b"key-1", &data(&[("password", "y")])));
         assert_ne!(data_hmac(b"k", &data(&[("ab", "c")])), data_hmac(b"k", &data(&[("a", "bc")])));
-        assert!(a.starts_with("hmac-sha256:") && a.len() == "hmac-sha256:".len() + 64);
+        assert!(a.starts_with("hmac-sha256:") && a.len() == "hmac-sha256:".len() + 9 + 64);
+        assert_eq!(digest_key_id(&a), Some(key_id(b"key-1").as_str()));
+    }
+
+    #[test]
+    fn digests_under_another_key_are_not_a_change() {
+        let data: SecretData = [("k".to_string(), SecretBytes::new(b"v".to_vec()))].into();
+        let other: SecretData = [("k".to_string(), SecretBytes::new(b"w".to_vec()))].into();
+        let (old, same, changed) = (data_hmac(b"key", &data), data_hmac(b"key", &data), data_hmac(b"key", &other));
+        assert_eq!(compare(Some(&old), &same), Comparison::Same);
+        assert_eq!(compare(Some(&old), &changed), Comparison::Changed);
+        assert_eq!(compare(Some(&old), &data_hmac(b"replaced-key", &other)), Comparison::Unknown);
+        assert_eq!(compare(None, &same), Comparison::Unknown, "a first sync is not a change");
+        let before_key_ids = format!("hmac-sha256:{}", "ab".repeat(32));
+        assert_eq!(compare(Some(&before_key_ids), &same), Comparison::Unknown);
+        assert_eq!(digest_key_id("hmac-sha256:x:y:z"), None);
     }
 }

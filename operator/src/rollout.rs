@@ -4,6 +4,10 @@
 //! not on a routine refresh, not when a GitOps tool re-applies the manifest. Changes within the
 //! debounce window give one rollout.
 //!
+//! The workload records, per source VaultSecret, the digest it last saw (with the HMAC key's id). A rollout
+//! needs a source whose digest changed under the same key: a source added or removed (a VaultSecret deleted, or
+//! not synced yet) only updates the record, and digests under a lost or replaced key are a new baseline.
+//!
 //! Targets are a VaultSecret's `spec.rollout.targets` and workloads labelled
 //! `vaultsync.dev/reload: "true"` that reference its Secret. Only labelled workloads are watched
 //! (label-filtered); explicit targets are read when needed.
@@ -39,13 +43,14 @@ use zeroize::Zeroizing;
 use crate::{
     args::parse_duration,
     metrics::Metrics,
-    render::{SecretData, data_hmac},
+    render::{self, SecretData},
 };
 
 pub const RELOAD_LABEL: &str = "vaultsync.dev/reload";
 /// On the pod template: the content hash the pods were started with.
 pub const TEMPLATE_ANNOTATION: &str = "vaultsync.dev/content-hash";
-/// On the workload: the content hash last applied or recorded (a baseline, which rolls nothing).
+/// On the workload: the digest of each source last applied or recorded (a baseline, which rolls nothing), as JSON
+/// `{"key": "<HMAC key id>", "sources": {"VaultSecret/<name>": "<digest>"}}`.
 pub const OBSERVED_ANNOTATION: &str = "vaultsync.dev/observed-content-hash";
 pub const FIELD_MANAGER: &str = "vaultsync-rollout";
 const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(5);
@@ -72,7 +77,22 @@ pub struct Rollouts {
     labelled: Mutex<HashMap<WorkloadKind, Store<DynamicObject>>>,
     /// Workloads to check and when (trailing debounce).
     pending: Mutex<BTreeMap<Workload, Instant>>,
+    /// Paused workloads already told about the content they wait for: one Event per change, not per check.
+    warned_paused: Mutex<HashMap<Workload, String>>,
     wake: Notify,
+}
+
+/// What a workload recorded: the HMAC key id and each source's digest.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Record {
+    key: String,
+    sources: BTreeMap<String, String>,
+}
+
+impl Record {
+    fn parse(annotation: Option<&String>) -> Option<Record> {
+        serde_json::from_str(annotation?).ok()
+    }
 }
 
 fn resource(kind: WorkloadKind) -> ApiResource {
@@ -107,6 +127,7 @@ impl Rollouts {
             statuses,
             labelled: Mutex::default(),
             pending: Mutex::default(),
+            warned_paused: Mutex::default(),
             wake: Notify::new(),
         }
     }
@@ -208,96 +229,104 @@ impl Rollouts {
         }
     }
 
-    /// Compares the content the workload depends on with what it last saw, and rolls it (or
-    /// records a baseline) as needed.
+    /// Compares the content the workload depends on with what it last saw, and rolls it (or records a baseline)
+    /// as needed.
     async fn check(&self, workload: &Workload) -> Result<(), kube::Error> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &workload.namespace, &resource(workload.kind));
         let Some(object) = api.get_opt(&workload.name).await? else { return Ok(()) };
         let Some(spec) = pod_spec(&object) else { return Ok(()) };
+        let kind = kind_name(workload.kind);
         let labelled = object.labels().get(RELOAD_LABEL).map(String::as_str) == Some("true");
-        let (desired, changed_at, sources) = self.desired(workload, &spec, labelled);
-        let Some(desired) = desired else { return Ok(()) };
-        let observed = object.annotations().get(OBSERVED_ANNOTATION).cloned();
-        if observed.as_deref() == Some(desired.as_str()) {
+        let desired = self.desired(workload, &spec, labelled);
+        if desired.sources.is_empty() {
             return Ok(());
         }
-        let kind = kind_name(workload.kind);
-        // No record yet: the pods are current unless the workload predates the last change.
-        let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let stale = match (observed.as_ref(), changed_at, created) {
-            (Some(_), _, _) => true,
-            (None, Some(changed), Some(created)) => created < changed,
-            (None, _, _) => false,
+        let record = Record { key: render::key_id(&self.hmac_key), sources: desired.sources.clone() };
+        let observed = Record::parse(object.annotations().get(OBSERVED_ANNOTATION));
+        if observed.as_ref() == Some(&record) {
+            self.metrics.rollout(kind, "unchanged");
+            return Ok(());
+        }
+        let changed: Vec<String> = match &observed {
+            // A source whose digest changed under the same key: the content this workload runs with changed.
+            Some(seen) if seen.key == record.key => record
+                .sources
+                .iter()
+                .filter(|(source, digest)| seen.sources.get(*source).is_some_and(|old| old != *digest))
+                .map(|(source, _)| source.clone())
+                .collect(),
+            // Nothing recorded yet: the pods are current unless the workload predates the last change.
+            None => {
+                let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                match (desired.changed_at, created) {
+                    (Some(changed), Some(created)) if created < changed => record.sources.keys().cloned().collect(),
+                    _ => Vec::new(),
+                }
+            }
+            // Recorded under another key (lost or replaced), or unreadable: a new baseline, never a rollout.
+            Some(_) => Vec::new(),
         };
         let mut body = json!({
             "apiVersion": "apps/v1", "kind": kind,
-            "metadata": { "name": workload.name, "annotations": { OBSERVED_ANNOTATION: desired } },
+            "metadata": { "name": workload.name, "annotations": {
+                OBSERVED_ANNOTATION: serde_json::to_string(&record).unwrap_or_default() } },
         });
-        if stale {
+        if !changed.is_empty() {
             if object.data["spec"]["paused"].as_bool() == Some(true) {
-                self.event(
-                    &object,
-                    workload,
-                    EventType::Warning,
-                    "RolloutSkipped",
-                    format!(
+                let template = desired.template.clone();
+                let already =
+                    self.warned_paused.lock().expect("paused lock").insert(workload.clone(), template.clone());
+                if already.as_deref() != Some(template.as_str()) {
+                    let note = format!(
                         "Secret content changed ({}) but the {kind} is paused; it rolls when resumed",
-                        sources.join(", ")
-                    ),
-                )
-                .await;
+                        changed.join(", ")
+                    );
+                    self.event(&object, workload, EventType::Warning, "RolloutSkipped", note).await;
+                }
                 self.metrics.rollout(kind, "paused");
+                // Not watched unless labelled: look again later to roll once it is resumed.
                 self.schedule(workload.clone(), Duration::from_secs(30));
                 return Ok(());
             }
-            body["spec"] = json!({ "template": { "metadata": { "annotations": { TEMPLATE_ANNOTATION: desired } } } });
+            body["spec"] =
+                json!({ "template": { "metadata": { "annotations": { TEMPLATE_ANNOTATION: desired.template } } } });
         }
         api.patch(&workload.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
         self.metrics.apiserver_write("apply", &format!("{}s", kind.to_ascii_lowercase()));
-        if stale {
-            info!(kind, name = %workload.name, "rolled out after a secret change");
-            self.metrics.rollout(kind, "rolled");
-            if let Some(changed) = changed_at {
-                let latency = Timestamp::now().duration_since(changed).as_secs_f64().max(0.0);
-                self.metrics.rollout_latency(latency);
-            }
-            self.event(
-                &object,
-                workload,
-                EventType::Normal,
-                "RolledOut",
-                format!("content of {} changed", sources.join(", ")),
-            )
-            .await;
-            for source in &sources {
-                let name = source.trim_start_matches("VaultSecret/");
-                let reference = k8s_openapi::api::core::v1::ObjectReference {
-                    api_version: Some("vaultsync.dev/v1alpha1".into()),
-                    kind: Some("VaultSecret".into()),
-                    name: Some(name.into()),
-                    namespace: Some(workload.namespace.clone()),
-                    ..Default::default()
-                };
-                let note = format!("rolled {kind} {} after the content changed", workload.name);
-                self.publish(&reference, EventType::Normal, "RolloutTriggered", note).await;
-            }
-        } else {
+        self.warned_paused.lock().expect("paused lock").remove(workload);
+        if changed.is_empty() {
             self.metrics.rollout(kind, "baseline");
+            return Ok(());
+        }
+        info!(kind, name = %workload.name, "rolled out after a secret change");
+        self.metrics.rollout(kind, "rolled");
+        if let Some(at) = desired.changed_at {
+            let latency = Timestamp::now().duration_since(at).as_secs_f64().max(0.0);
+            self.metrics.rollout_latency(latency);
+        }
+        let note = format!("content of {} changed", changed.join(", "));
+        self.event(&object, workload, EventType::Normal, "RolledOut", note).await;
+        for source in &changed {
+            let name = source.trim_start_matches("VaultSecret/");
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("vaultsync.dev/v1alpha1".into()),
+                kind: Some("VaultSecret".into()),
+                name: Some(name.into()),
+                namespace: Some(workload.namespace.clone()),
+                ..Default::default()
+            };
+            let note = format!("rolled {kind} {} after the content changed", workload.name);
+            self.publish(&reference, EventType::Normal, "RolloutTriggered", note).await;
         }
         Ok(())
     }
 
-    /// The content hash the workload should run with, the latest content change among its
-    /// sources, and the sources' names. `None` when no synced VaultSecret feeds it.
-    fn desired(
-        &self,
-        workload: &Workload,
-        spec: &PodSpec,
-        labelled: bool,
-    ) -> (Option<String>, Option<Timestamp>, Vec<String>) {
+    /// The content the workload depends on: each source VaultSecret's digest, the template annotation they make
+    /// together, and the latest content change among them. No sources when no synced VaultSecret feeds it.
+    fn desired(&self, workload: &Workload, spec: &PodSpec, labelled: bool) -> Desired {
         let statuses = self.statuses.lock().expect("statuses lock").clone();
-        let mut content = SecretData::new();
+        let mut sources = BTreeMap::new();
         let mut changed_at = None;
         for vs in self.vaultsecrets.state() {
             if vs.namespace().as_deref() != Some(workload.namespace.as_str()) {
@@ -321,16 +350,19 @@ impl Rollouts {
                 (None, Some(seen)) => seen.clone(),
                 (None, None) => continue,
             };
-            let Some(hmac) = status.data_hmac else { continue };
+            // Only digests under the current key: one under a lost key says nothing about the content.
+            let Some(hmac) =
+                status.data_hmac.filter(|h| render::digest_key_id(h) == Some(&render::key_id(&self.hmac_key)))
+            else {
+                continue;
+            };
             let at = status.content_changed_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
             changed_at = changed_at.max(at);
-            content.insert(format!("VaultSecret/{}", vs.name_any()), SecretBytes::new(hmac.into_bytes()));
+            sources.insert(format!("VaultSecret/{}", vs.name_any()), hmac);
         }
-        if content.is_empty() {
-            return (None, None, Vec::new());
-        }
-        let sources = content.keys().cloned().collect();
-        (Some(data_hmac(&self.hmac_key, &content)), changed_at, sources)
+        let content: SecretData =
+            sources.iter().map(|(k, v)| (k.clone(), SecretBytes::new(v.as_bytes().to_vec()))).collect();
+        Desired { template: render::data_hmac(&self.hmac_key, &content), changed_at, sources }
     }
 
     async fn event(&self, object: &DynamicObject, workload: &Workload, type_: EventType, reason: &str, note: String) {
@@ -364,6 +396,16 @@ pub fn debounce(rollout: &Rollout) -> Result<Duration, String> {
         return Err(format!("rollout.debounce {:?} is longer than the accepted 10m", rollout.debounce));
     }
     Ok(window)
+}
+
+/// What a workload should run with.
+struct Desired {
+    /// Each source VaultSecret's digest.
+    sources: BTreeMap<String, String>,
+    /// The pod template annotation the sources make together.
+    template: String,
+    /// The latest content change among the sources.
+    changed_at: Option<Timestamp>,
 }
 
 fn debounce_of(rollout: Option<&Rollout>) -> Duration {

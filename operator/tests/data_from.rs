@@ -44,3 +44,24 @@ async fn extract_and_find_make_many_keys() {
     assert!(vs.status.expect("status").conditions[0].message.contains("not a valid Secret key"));
     env.finish().await;
 }
+
+#[tokio::test]
+async fn find_skips_disabled_and_expired_secrets_and_names_them() {
+    let env = Env::start("data-from-skip").await;
+    env.vault.set_secret("app-good", "good-value");
+    let disabled = env.vault.set_secret("app-disabled", "disabled-value");
+    env.vault.disable_version("app-disabled", &disabled);
+    env.apply_vault_secret(
+        "found",
+        json!({ "storeRef": { "name": "kv" }, "dataFrom": [{ "find": { "path": "app-" } }] }),
+    )
+    .await;
+    let secret = env.wait_secret_value("found", "app-good", "good-value").await;
+    assert!(!secret.data.expect("data").contains_key("app-disabled"), "a disabled secret is left out");
+    let vs = env.wait_reason("found", "Synced").await;
+    let skipped = vs.status.expect("status").skipped_objects;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!((skipped[0].name.as_str(), skipped[0].reason.as_str()), ("app-disabled", "Disabled"));
+    assert_eq!(env.vault.calls(Op::GetSecret), 1, "the disabled secret is not even asked for");
+    env.finish().await;
+}

@@ -5,12 +5,24 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::api::PostParams;
+use serde_json::json;
 use support::{Env, metric_sum, one_key};
 use vaultsync_e2e::eventually;
 
 async fn holder(env: &Env) -> Option<String> {
     env.ns.api::<Lease>().get_opt("vaultsync-operator").await.ok()??.spec?.holder_identity
+}
+
+/// Waits until exactly `leader`'s pod carries the leader label among the replicas that still run.
+async fn wait_leader_label(env: &Env, leader: &str) {
+    let pods = env.ns.api::<Pod>();
+    eventually(Duration::from_secs(15), &format!("{leader}'s pod to be labelled the leader"), || async {
+        let pod = pods.get(leader).await.ok()?;
+        (pod.metadata.labels?.get("vaultsync.dev/leader").map(String::as_str) == Some("true")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -19,9 +31,20 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     env.stop_operator().await;
     env.vault.set_secret("ha-object", "ha-secret-value");
 
+    // The chart's rights with the Event Grid endpoint on, which include labelling the replicas' own pods.
+    let event_grid = ["--set", "eventGrid.enabled=true", "--set", "eventGrid.keySecret.name=unused"];
+    env.operator_client = vaultsync_e2e::chart::operator_client(&env.ns, &event_grid).await;
+    // The replicas' pods (they never run here: there is no node), which the leader labels.
+    for name in ["replica-1", "replica-2"] {
+        let pod: Pod = serde_json::from_value(json!({ "metadata": { "name": name },
+            "spec": { "containers": [{ "name": "operator", "image": "example.invalid/operator:1" }] } }))
+        .expect("pod");
+        env.ns.api::<Pod>().create(&PostParams::default(), &pod).await.expect("a replica's pod");
+    }
     let replica = |name: &str, port: u16| {
         let mut args = env.operator_args();
         args.leader_elect = true;
+        args.label_leader_pod = true;
         args.lease_duration = Duration::from_secs(3);
         args.pod_name = name.into();
         args.metrics_addr = format!("127.0.0.1:{port}").parse().expect("address");
@@ -36,10 +59,17 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     .await;
     let second = env.spawn_operator("replica-2", replica("replica-2", ports[1]));
 
+    wait_leader_label(&env, "replica-1").await;
+
     env.apply_vault_secret("one", one_key("k", "ha-object")).await;
     env.wait_secret_value("one", "k", "ha-secret-value").await;
     env.wait_reason("one", "Synced").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The standby is up and standing by (ready, serving metrics) while the leader wrote.
+    let standby = ports[1];
+    eventually(Duration::from_secs(15), "the standby to be ready", || async move {
+        (support::http_get(standby, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     let writes = "vaultsync_apiserver_writes_total";
     assert!(metric_sum(ports[0], writes).await > 0, "the leader wrote");
     assert_eq!(metric_sum(ports[1], writes).await, 0, "the standby wrote nothing");
@@ -51,6 +81,8 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     env.wait_secret_value("two", "k", "ha-secret-value").await;
     assert_eq!(holder(&env).await.as_deref(), Some("replica-2"));
     assert!(metric_sum(ports[1], writes).await > 0, "the new leader writes");
+    // Its pod now carries the leader label, so the Event Grid Service sends deliveries to it.
+    wait_leader_label(&env, "replica-2").await;
     second.abort();
     env.finish().await;
 }

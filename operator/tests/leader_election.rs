@@ -98,6 +98,7 @@ async fn contender_takes_over_after_the_holder_stops_renewing() {
     let crashed = lead(operator.clone(), &ns.name, "crashed").await;
     // Dropping stops renewals without releasing, like a crash.
     drop(crashed);
+    // Not synchronisation: a window in which a release, were dropping to release, would show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let abandoned = lease_spec(&leases).await;
     assert_eq!(abandoned.holder_identity.as_deref(), Some("crashed"), "dropping must not release the Lease");
@@ -131,7 +132,8 @@ async fn only_one_of_several_simultaneous_contenders_wins() {
         let (client, config) = (operator.clone(), config(&ns.name, &format!("contender-{n}")));
         contenders.spawn(async move { (n, acquire(client, config).await) });
     }
-    // Let every contender find the Lease held, so all of them race to take it over the moment it is free.
+    // Not synchronisation: a window in which every contender finds the Lease held (and none may take it), so all of
+    // them race to take it over the moment it is free.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(contenders.try_join_next().is_none(), "a contender acquired a held Lease");
     departing.release().await;
@@ -179,10 +181,15 @@ async fn holder_gives_up_when_it_cannot_renew_for_the_lease_duration() {
     let leases: Api<Lease> = ns.api();
     let proxy = ApiserverProxy::start().await;
     let mut holder = lead(proxy.client(&ns).await, &ns.name, "cut-off").await;
-    // Renewals keep working through the proxy at first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Renewals keep working through the proxy at first: wait for one to arrive.
+    let first = renew_time(&lease_spec(&leases).await);
+    let leases_ = leases.clone();
+    let before_outage = vaultsync_e2e::eventually(Duration::from_secs(5), "a renewal through the proxy", || {
+        let leases = leases_.clone();
+        async move { Some(renew_time(&lease_spec(&leases).await)).filter(|t| *t > first) }
+    })
+    .await;
     assert!(timeout(Duration::from_millis(100), holder.lost()).await.is_err(), "lost while renewals succeed");
-    let before_outage = renew_time(&lease_spec(&leases).await);
 
     let outage = Instant::now();
     drop(proxy);

@@ -455,3 +455,33 @@ async fn a_rotated_credential_secret_is_used_after_the_old_one_is_refused() {
     env.wait_secret_value("app", "v", "read-with-the-new-token").await;
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_cluster_store_on_openbao_serves_the_namespaces_it_names() {
+    let (bao, root) = shared_with_root();
+    let env = Env::start("bao-cluster").await;
+    let mount = root.enable_kv(2).await.expect("kv mount");
+    root.kv2_put(&mount, "shared/db", json!({ "password": "bao-cluster-value" })).await.expect("put");
+    let policy = root.read_policy(&[format!("{mount}/data/shared/*")]).await.expect("policy");
+    let role = reader_role(&root, &env, &policy).await;
+    let mut spec = kubernetes_store(bao, &mount, &role);
+    spec["provider"]["openbao"]["auth"]["kubernetes"]["serviceAccountRef"]["namespace"] = json!(env.ns.name);
+    spec["conditions"] = json!([{ "namespaces": [env.ns.name], "allowedObjects": ["shared/*"] }]);
+    let name = format!("{}-bao", env.ns.name);
+    let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "ClusterVaultStore",
+        "metadata": { "name": name }, "spec": spec });
+    Api::<vaultsync_api::ClusterVaultStore>::all(env.ns.client.clone())
+        .patch(&name, &kube::api::PatchParams::apply("test").force(), &kube::api::Patch::Apply(&body))
+        .await
+        .expect("cluster store");
+    let via_cluster = |object: &str| {
+        json!({ "storeRef": { "kind": "ClusterVaultStore", "name": name },
+            "data": [{ "secretKey": "password", "remoteRef": { "name": object, "property": "password" } }] })
+    };
+    env.apply_vault_secret("db", via_cluster("shared/db")).await;
+    env.wait_secret_value("db", "password", "bao-cluster-value").await;
+    env.apply_vault_secret("outside", via_cluster("private/db")).await;
+    env.wait_reason("outside", "ObjectNotAllowed").await;
+    env.remember_values(&["bao-cluster-value"]);
+    env.finish().await;
+}

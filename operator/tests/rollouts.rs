@@ -67,6 +67,24 @@ fn with_rollout(mut spec: Value, targets: Value, debounce: &str) -> Value {
     spec
 }
 
+/// The sum of the operator's rollout checks with `result` (`baseline`, `rolled`, `unchanged`, `paused`).
+async fn rollout_checks(env: &Env, result: &str) -> u64 {
+    let mut total = 0;
+    for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
+        total += env.metric(&format!(r#"vaultsync_rollouts_total{{kind="{kind}",result="{result}"}}"#)).await;
+    }
+    total
+}
+
+/// Waits until the operator has made `count` more rollout checks with `result` than `before`.
+async fn wait_checks(env: &Env, result: &str, before: u64, count: u64) {
+    let what = format!("{count} more rollout check(s) with result {result}");
+    eventually(Duration::from_secs(30), &what, || async {
+        (rollout_checks(env, result).await >= before + count).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_rotation_rolls_explicit_targets_and_labelled_consumers_once() {
     let env = Env::start("rollout-basic").await;
@@ -80,14 +98,8 @@ async fn a_rotation_rolls_explicit_targets_and_labelled_consumers_once() {
     for app in ["explicit", "labelled", "unlabelled"] {
         wait_replica_sets(&env, app, 1).await;
     }
-    // First sync: a baseline is recorded on the workload, the pod template is not touched.
-    let deployments: Api<Deployment> = env.ns.api();
-    eventually(Duration::from_secs(15), "a baseline on the explicit target", || async {
-        let d = deployments.get("explicit").await.ok()?;
-        d.metadata.annotations?.contains_key("vaultsync.dev/observed-content-hash").then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // First sync: a baseline is recorded on both consumers, the pod templates are not touched.
+    wait_checks(&env, "baseline", 0, 2).await;
     for app in ["explicit", "labelled", "unlabelled"] {
         assert_eq!(replica_sets(&env, app).await, 1, "{app}: no rollout on the first sync");
     }
@@ -95,23 +107,23 @@ async fn a_rotation_rolls_explicit_targets_and_labelled_consumers_once() {
     rotate(&env, "db", "db", "v2-value", "1").await;
     wait_replica_sets(&env, "explicit", 2).await;
     wait_replica_sets(&env, "labelled", 2).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rollout_checks(&env, "rolled").await, 2, "exactly one rollout each");
     assert_eq!(replica_sets(&env, "unlabelled").await, 1, "an unlabelled consumer is left alone");
-    assert_eq!(replica_sets(&env, "explicit").await, 2, "exactly one rollout");
     let events = vaultsync_e2e::controlplane::events_for(&env.ns, "Deployment", "explicit").await;
     assert!(events.iter().any(|e| e == "RolledOut"), "{events:?}");
     let events = vaultsync_e2e::controlplane::events_for(&env.ns, "VaultSecret", "db").await;
     assert!(events.iter().any(|e| e == "RolloutTriggered"), "{events:?}");
 
-    // Nothing changed: a forced refresh with the same content, a GitOps re-apply, an operator
-    // restart. No new ReplicaSet.
-    env.annotate("db", "vaultsync.dev/force-sync", "same-content").await;
-    apply_workload(&env, "Deployment", "explicit", json!({}), "unrelated").await;
-    apply_workload(&env, "Deployment", "labelled", json!({ "vaultsync.dev/reload": "true" }), "db").await;
+    // Nothing changed: a GitOps re-apply of the labelled consumer (checked again: unchanged), an operator restart
+    // (every consumer checked again: unchanged). No new ReplicaSet.
+    let unchanged = rollout_checks(&env, "unchanged").await;
+    apply_workload(&env, "Deployment", "labelled", json!({ "vaultsync.dev/reload": "true", "re": "applied" }), "db")
+        .await;
+    wait_checks(&env, "unchanged", unchanged, 1).await;
     let mut env = env;
     env.stop_operator().await;
     env.start_operator();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.wait_metric_at_least(r#"vaultsync_rollouts_total{kind="Deployment",result="unchanged"}"#, 1).await;
     assert_eq!(replica_sets(&env, "explicit").await, 2, "no rollout without a content change");
     assert_eq!(replica_sets(&env, "labelled").await, 2, "no rollout without a content change");
     env.finish().await;
@@ -129,38 +141,38 @@ async fn rotations_within_the_debounce_window_give_one_rollout() {
     env.wait_secret_value("a", "k", "a1").await;
     env.wait_secret_value("b", "k", "b1").await;
     wait_replica_sets(&env, "web", 1).await;
-    tokio::time::sleep(Duration::from_secs(5)).await; // baseline recorded
+    wait_checks(&env, "baseline", 0, 1).await;
 
     // Two secrets rotated within a second, and one of them twice: one rollout.
     rotate(&env, "a", "a", "a2", "1").await;
     rotate(&env, "b", "b", "b2", "1").await;
     rotate(&env, "a", "a", "a3", "2").await;
     wait_replica_sets(&env, "web", 2).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(replica_sets(&env, "web").await, 2, "one rollout for changes within the window");
+    assert_eq!(rollout_checks(&env, "rolled").await, 1, "one rollout for changes within the window");
 
     // A change after the window: a second rollout.
     rotate(&env, "b", "b", "b3", "2").await;
     wait_replica_sets(&env, "web", 3).await;
+    assert_eq!(rollout_checks(&env, "rolled").await, 2);
     env.finish().await;
 }
 
 #[tokio::test]
-async fn stateful_sets_and_daemon_sets_are_rolled_and_paused_deployments_skipped() {
+async fn stateful_sets_and_daemon_sets_are_rolled_and_paused_deployments_wait_with_one_event() {
     let env = Env::start("rollout-kinds").await;
     env.vault.set_secret("cfg", "c1");
     apply_workload(&env, "StatefulSet", "db", json!({}), "cfg").await;
     apply_workload(&env, "DaemonSet", "agent", json!({}), "cfg").await;
-    apply_workload(&env, "Deployment", "paused", json!({}), "cfg").await;
+    // The paused Deployment is labelled: its changes (a resume) are watched.
+    apply_workload(&env, "Deployment", "paused", json!({ "vaultsync.dev/reload": "true" }), "cfg").await;
+    let deployments = env.ns.api::<Deployment>();
     let patch = json!({ "spec": { "paused": true } });
-    env.ns.api::<Deployment>().patch("paused", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("pause");
-    let targets = json!([
-        { "kind": "StatefulSet", "name": "db" }, { "kind": "DaemonSet", "name": "agent" },
-        { "kind": "Deployment", "name": "paused" },
-    ]);
+    deployments.patch("paused", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("pause");
+    wait_replica_sets(&env, "paused", 1).await;
+    let targets = json!([{ "kind": "StatefulSet", "name": "db" }, { "kind": "DaemonSet", "name": "agent" }]);
     env.apply_vault_secret("cfg", with_rollout(one_key("k", "cfg"), targets, "1s")).await;
     env.wait_secret_value("cfg", "k", "c1").await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // baselines
+    wait_checks(&env, "baseline", 0, 3).await;
     rotate(&env, "cfg", "cfg", "c2", "1").await;
 
     let template_hash =
@@ -173,13 +185,76 @@ async fn stateful_sets_and_daemon_sets_are_rolled_and_paused_deployments_skipped
         (template_hash(sts).is_string() && template_hash(ds).is_string()).then_some(())
     })
     .await;
-    let events = eventually(Duration::from_secs(20), "a RolloutSkipped event", || async {
-        let events = vaultsync_e2e::controlplane::events_for(&env.ns, "Deployment", "paused").await;
-        events.iter().any(|e| e == "RolloutSkipped").then_some(events)
+    wait_checks(&env, "paused", 0, 1).await;
+    // Checked again while still paused (a change to the Deployment wakes the check): still one Event.
+    let note = json!({ "metadata": { "annotations": { "note": "still paused" } } });
+    deployments.patch("paused", &PatchParams::default(), &Patch::Merge(&note)).await.expect("annotate");
+    wait_checks(&env, "paused", 1, 1).await;
+    let events = vaultsync_e2e::controlplane::events_for(&env.ns, "Deployment", "paused").await;
+    assert_eq!(events.iter().filter(|e| *e == "RolloutSkipped").count(), 1, "one Event per change: {events:?}");
+    assert!(!events.contains(&"RolledOut".to_string()));
+    let paused = serde_json::to_value(deployments.get("paused").await.expect("paused")).expect("json");
+    assert!(template_hash(paused).is_null(), "a paused Deployment's template is not touched");
+
+    // Resumed: it rolls once.
+    let resume = json!({ "spec": { "paused": false } });
+    deployments.patch("paused", &PatchParams::default(), &Patch::Merge(&resume)).await.expect("resume");
+    wait_replica_sets(&env, "paused", 2).await;
+    let events = vaultsync_e2e::controlplane::events_for(&env.ns, "Deployment", "paused").await;
+    assert!(events.contains(&"RolledOut".to_string()), "{events:?}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn sources_coming_and_going_and_a_replaced_hmac_key_roll_nothing() {
+    let mut env = Env::start("rollout-sources").await;
+    env.vault.set_secret("a", "a1");
+    env.vault.set_secret("b", "b1");
+    // A labelled consumer of two Secrets.
+    let mut template = pod_template("two", "a");
+    template["spec"]["containers"][0]["envFrom"] =
+        json!([{ "secretRef": { "name": "a" } }, { "secretRef": { "name": "b" } }]);
+    let body = json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "two", "labels": { "vaultsync.dev/reload": "true" } },
+        "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "two" } }, "template": template } });
+    let deployments = env.ns.api::<Deployment>();
+    deployments.patch("two", &PatchParams::apply("gitops").force(), &Patch::Apply(&body)).await.expect("deployment");
+    env.apply_vault_secret("a", one_key("k", "a")).await;
+    env.wait_secret_value("a", "k", "a1").await;
+    wait_checks(&env, "baseline", 0, 1).await;
+    // A second source arrives (first sync): a new record, not a rollout.
+    env.apply_vault_secret("b", one_key("k", "b")).await;
+    env.wait_secret_value("b", "k", "b1").await;
+    wait_checks(&env, "baseline", 1, 1).await;
+    wait_replica_sets(&env, "two", 1).await;
+
+    // A source goes away (its VaultSecret deleted); a scale wakes the check: a new record, not a rollout.
+    env.ns.api::<vaultsync_api::VaultSecret>().delete("a", &Default::default()).await.expect("delete");
+    let scale = json!({ "spec": { "replicas": 2 } });
+    let baselines = rollout_checks(&env, "baseline").await;
+    eventually(Duration::from_secs(20), "VaultSecret a to be gone", || async {
+        env.ns.api::<vaultsync_api::VaultSecret>().get_opt("a").await.ok()?.is_none().then_some(())
     })
     .await;
-    assert!(!events.contains(&"RolledOut".to_string()));
-    let paused = serde_json::to_value(env.ns.api::<Deployment>().get("paused").await.expect("paused")).expect("json");
-    assert!(template_hash(paused).is_null(), "a paused Deployment's template is not touched");
+    deployments.patch("two", &PatchParams::default(), &Patch::Merge(&scale)).await.expect("scale");
+    wait_checks(&env, "baseline", baselines, 1).await;
+    assert_eq!(replica_sets(&env, "two").await, 1, "no rollout when a source goes away");
+
+    // The HMAC key is lost and replaced: every digest is new, none is a change.
+    env.stop_operator().await;
+    env.ns
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .delete("vaultsync-hmac-key", &Default::default())
+        .await
+        .expect("key");
+    env.start_operator();
+    env.annotate("b", "vaultsync.dev/force-sync", "after-the-key").await;
+    env.wait_metric_at_least(r#"vaultsync_rollouts_total{kind="Deployment",result="baseline"}"#, 1).await;
+    assert_eq!(rollout_checks(&env, "rolled").await, 0);
+    assert_eq!(replica_sets(&env, "two").await, 1, "a replaced key rolls nothing");
+    // The next real change, under the new key, rolls.
+    env.vault.set_secret("b", "b2");
+    env.annotate("b", "vaultsync.dev/force-sync", "changed").await;
+    wait_replica_sets(&env, "two", 2).await;
     env.finish().await;
 }

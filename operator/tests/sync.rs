@@ -193,10 +193,14 @@ async fn deletion_policies() {
             .then_some(())
     })
     .await;
-    // Give the garbage collector time to act on any owner reference left behind.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Retain dropped vaultsync's owner reference before the VaultSecret went, so the garbage collector, which acts
+    // only on owner references, has nothing to act on; and vaultsync's labels, so nothing manages it any more.
     let kept = secrets.get("stays").await.expect("Retain keeps the Secret");
     assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
+    let labels = kept.metadata.labels.unwrap_or_default();
+    for label in ["app.kubernetes.io/managed-by", "vaultsync.dev/vaultsecret", "vaultsync.dev/created"] {
+        assert!(!labels.contains_key(label), "Retain removes {label}: {labels:?}");
+    }
     assert_eq!(kept.data.expect("data")["k"].0, b"v");
     env.finish().await;
 }
@@ -256,5 +260,43 @@ async fn store_problems_are_reported_and_fetch_nothing() {
     env.apply_vault_secret("borrower", spec).await;
     env.wait_reason("borrower", "StoreNotReady").await;
     assert_eq!(env.vault.calls(Op::GetSecret), 0, "nothing was fetched");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn the_target_type_labels_and_annotations_follow_the_spec() {
+    let env = Env::start("sync-target").await;
+    env.vault.set_secret("user", "app-user");
+    env.vault.set_secret("pass", "app-pass-value");
+    let spec = |labels: serde_json::Value, annotations: serde_json::Value| {
+        json!({ "storeRef": { "name": "kv" },
+            "target": { "type": "kubernetes.io/basic-auth", "labels": labels, "annotations": annotations },
+            "data": [
+                { "secretKey": "username", "remoteRef": { "name": "user" } },
+                { "secretKey": "password", "remoteRef": { "name": "pass" } },
+            ] })
+    };
+    env.apply_vault_secret("login", spec(json!({ "team": "a", "tier": "db" }), json!({ "owner": "team-a" }))).await;
+    let secret = env.wait_secret_value("login", "password", "app-pass-value").await;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        (labels.get("team").map(String::as_str), labels.get("tier").map(String::as_str)),
+        (Some("a"), Some("db"))
+    );
+    assert_eq!(secret.metadata.annotations.unwrap_or_default().get("owner").map(String::as_str), Some("team-a"));
+
+    // A label and an annotation taken out of the spec leave the Secret; one added arrives; the data stays.
+    env.apply_vault_secret("login", spec(json!({ "team": "a" }), json!({ "contact": "ops" }))).await;
+    let api = env.ns.api::<Secret>();
+    let updated = eventually(Duration::from_secs(20), "the Secret's metadata to follow the spec", || async {
+        let secret = api.get("login").await.ok()?;
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        (!labels.contains_key("tier") && !annotations.contains_key("owner") && annotations.contains_key("contact"))
+            .then_some(secret)
+    })
+    .await;
+    assert_eq!(updated.data.expect("data")["username"].0, b"app-user");
     env.finish().await;
 }

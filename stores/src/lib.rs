@@ -119,22 +119,6 @@ pub struct AzureEnvironment {
     pub authority_host: String,
 }
 
-impl AzureEnvironment {
-    /// From the environment, when all of client id, tenant id and token file are set.
-    pub fn from_env() -> Option<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        Some(Self {
-            client_id: var("AZURE_CLIENT_ID")?,
-            tenant_id: var("AZURE_TENANT_ID")?,
-            token_file: PathBuf::from(var("AZURE_FEDERATED_TOKEN_FILE")?),
-            authority_host: var("AZURE_AUTHORITY_HOST")
-                .unwrap_or_else(|| "https://login.microsoftonline.com".into())
-                .trim_end_matches('/')
-                .to_string(),
-        })
-    }
-}
-
 /// How stores are resolved, beyond what each store says.
 #[derive(Clone, Debug)]
 pub struct Settings {

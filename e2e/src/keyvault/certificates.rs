@@ -230,8 +230,9 @@ fn store(
     });
     let content_type = policy["secret_props"]["contentType"].as_str().unwrap_or(PKCS12).to_string();
     let exportable = policy["key_props"]["exportable"].as_bool().unwrap_or(true);
-    normalize(&mut policy, url, name, issuer, attributes.created);
+    // A new version keeps the name's first spelling (names are case-insensitive).
     let display_name = vault.certificates.named(name).map(|n| n.name.clone()).unwrap_or_else(|_| name.to_string());
+    normalize(&mut policy, url, &display_name, issuer, attributes.created);
     let secret_value = secret_value(&content_type, &material, &chain, &display_name)?;
     let kid = format!("{url}/keys/{display_name}/{version}");
     let certificate = Certificate {

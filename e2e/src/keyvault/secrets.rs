@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::response::IntoResponse as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -219,5 +220,3 @@ fn deleted_bundle(url: &str, secret: &Named<Secret>) -> Result<Value, ApiError> 
     let current = secret.current().ok_or_else(|| super::Kind::Secret.not_found(&secret.name))?;
     serde_json::to_value(current.bundle(url, &secret.name, false)).map_err(|e| ApiError::bad_parameter(e.to_string()))
 }
-
-use axum::response::IntoResponse as _;

@@ -21,7 +21,7 @@ use super::{
 };
 use vaultsync_stores::Requester;
 
-use crate::render;
+use crate::render::{self, Comparison};
 
 impl Sync<'_> {
     pub(super) async fn sync(&self) -> Result<Action, Error> {
@@ -103,19 +103,22 @@ impl Sync<'_> {
         let target = self.target().await?;
         let fetched = self.read(&store, read).await?;
         let hmac = render::data_hmac(&self.ctx.hmac_key, &fetched.data);
-        let content_changed = status.data_hmac.as_deref() != Some(hmac.as_str());
+        // A digest recorded under another HMAC key (lost or replaced) says nothing: not a change, and no rollout.
+        let comparison = render::compare(status.data_hmac.as_deref(), &hmac);
+        let content_changed = comparison == Comparison::Changed;
         let keys: BTreeSet<String> = fetched.data.keys().cloned().collect();
-        let matches = !content_changed && target != Target::Absent && self.secret_matches(&hmac, &keys).await?;
+        // A spec change may change the Secret's type, labels or annotations without changing its data: write then too.
+        let matches = !content_changed
+            && read.reason != ReadReason::SpecChanged
+            && target != Target::Absent
+            && self.secret_matches(&hmac, &keys).await?;
         if matches {
             self.ctx.metrics.sync("unchanged");
         } else {
             self.write(target, &fetched.data, &hmac).await?;
             self.ctx.metrics.sync("synced");
-            if content_changed {
-                let note =
-                    format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
-                self.event(EventType::Normal, "Synced", note).await;
-            }
+            let note = format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
+            self.event(EventType::Normal, "Synced", note).await;
         }
         let now = Timestamp::now();
         let refresh = plan::next_refresh(now, interval, rand::rng().random_range(0.0..0.1));
@@ -127,11 +130,7 @@ impl Sync<'_> {
             refresh_time: refresh.map(|t| t.to_string()),
             versions: fetched.versions,
             data_hmac: Some(hmac),
-            content_changed_at: if content_changed && status.data_hmac.is_some() {
-                Some(now.to_string())
-            } else {
-                status.content_changed_at.clone()
-            },
+            content_changed_at: if content_changed { Some(now.to_string()) } else { status.content_changed_at.clone() },
             force_sync: force,
             skipped_objects: fetched
                 .skipped
@@ -141,7 +140,9 @@ impl Sync<'_> {
                 .collect(),
         };
         self.patch_status(&new_status).await.map_err(Failure::Kube)?;
-        if content_changed {
+        // A change rolls the workloads that use it. A first sync, or a digest under a new HMAC key, records baselines
+        // (the next change is then compared under the same key).
+        if comparison != Comparison::Same {
             self.ctx.rollouts.vault_secret_synced(self.vs, &self.target);
         }
         Ok(match refresh {
