@@ -96,7 +96,10 @@ for line in "${images[@]}"; do
   root="$work/$image"
   install -D -m 0755 "$program" "$root/usr/local/bin/$image"
   if [ "$ca" = yes ]; then
-    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    # The public CAs the operator trusts (a release image carries its build image's bundle, see the Containerfile).
+    bundle=/etc/ssl/certs/ca-certificates.crt
+    [ -f "$bundle" ] || { echo "error: $bundle is missing (Debian: apt-get install ca-certificates)" >&2; exit 1; }
+    install -D -m 0644 "$bundle" "$root/etc/ssl/certs/ca-certificates.crt"
   fi
   # A reproducible layer: sorted, owned by root, no timestamps.
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$root" -cf "$work/$image-layer.tar" .
