@@ -452,6 +452,60 @@ async fn service_account_has_exactly_the_rights_it_needs() {
 }
 
 #[tokio::test]
+async fn wrong_values_fail_the_install_with_a_clear_message() {
+    let ns = TestNamespace::new("helm-schema").await;
+    install_crds(&ns.client).await;
+    let tools = HelmTools::new();
+    for (values, message) in [
+        (&["--set", "replicaCount=two"][..], "at '/replicaCount': got string, want integer"),
+        (&["--set", "replicaCont=2"][..], "additional properties 'replicaCont' not allowed"),
+        (&["--set", "image.pullPolicy=Sometimes"][..], "at '/image/pullPolicy': value must be one of"),
+        (&["--set", "operator.cacheWindow=30 seconds"][..], "at '/operator/cacheWindow'"),
+        (&["--set", "metrics.port=80800"][..], "at '/metrics/port': maximum"),
+        (&["--set", "eventGrid.enabled=true"][..], "at '/eventGrid/keySecret/name': minLength"),
+        (&["--set", "hostNetwork=yes"][..], "at '/hostNetwork': got string, want boolean"),
+    ] {
+        let mut args = vec!["install", "bad", CHART, "--namespace", &ns.name, "--skip-crds"];
+        args.extend_from_slice(values);
+        let out = tools.helm(&args).await;
+        assert!(!out.status.success(), "helm install {values:?} must fail");
+        let said = text(&out);
+        assert!(said.contains("values don't meet the specifications of the schema"), "{values:?}: {said}");
+        assert!(said.contains(message), "{values:?} should say {message:?}:\n{said}");
+    }
+    let deployments = ns.api::<Deployment>().list(&ListParams::default()).await.expect("listing Deployments");
+    assert!(deployments.items.is_empty(), "nothing was installed");
+
+    // The values the node tests use: the host network, a chosen metrics port, extra environment.
+    let yaml = tools
+        .render(
+            &ns.name,
+            &[
+                "--set",
+                "hostNetwork=true",
+                "--set",
+                "metrics.port=18080",
+                "--set-json",
+                r#"operator.extraEnv=[{"name":"KUBERNETES_SERVICE_HOST","value":"127.0.0.1"}]"#,
+            ],
+        )
+        .await;
+    let deployment = one_of_kind(&yaml, "Deployment");
+    for fact in [
+        "hostNetwork: true",
+        "dnsPolicy: ClusterFirstWithHostNet",
+        "containerPort: 18080",
+        "value: \"0.0.0.0:18080\"",
+        "- name: KUBERNETES_SERVICE_HOST\n              value: 127.0.0.1",
+    ] {
+        assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
+    }
+    assert!(one_of_kind(&yaml, "Service").contains("port: 18080"), "the metrics Service follows metrics.port");
+    let defaults = tools.render(&ns.name, &[]).await;
+    assert!(!defaults.contains("hostNetwork"), "the pod network by default");
+}
+
+#[tokio::test]
 async fn the_event_grid_endpoint_reaches_the_leader_only() {
     let ns = TestNamespace::new("helm-eventgrid").await;
     install_crds(&ns.client).await;
