@@ -138,7 +138,6 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "- name: VAULTSYNC_METRICS_ADDR\n              value: \"0.0.0.0:8080\"",
         "- name: VAULTSYNC_LEADER_ELECT\n              value: \"true\"",
         "- name: VAULTSYNC_LOG_JSON\n              value: \"true\"",
-        "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"30s\"",
         "- name: VAULTSYNC_DEFAULT_RPS\n              value: \"50\"",
         "- name: VAULTSYNC_DEFAULT_BURST\n              value: \"100\"",
         "- name: VAULTSYNC_ALLOWED_TOKEN_AUDIENCES\n              value: \"api://AzureADTokenExchange,vault\"",
@@ -178,7 +177,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
                 "--set",
                 "operator.logJson=false",
                 "--set",
-                "operator.cacheWindow=1m",
+                "operator.reconcileTimeout=1m",
                 "--set",
                 "nodeSelector.kubernetes\\.io/os=linux",
                 "--set",
@@ -200,7 +199,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "replicas: 1",
         "serviceAccountName: existing",
         "- name: VAULTSYNC_LOG_JSON\n              value: \"false\"",
-        "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"1m\"",
+        "- name: VAULTSYNC_RECONCILE_TIMEOUT\n              value: \"1m\"",
         "kubernetes.io/os: linux",
         "team: platform",
         "example.com/note: hello",
@@ -256,7 +255,7 @@ async fn helm_install_creates_the_operator_and_its_rights() {
     assert_eq!(value("VAULTSYNC_METRICS_ADDR").as_deref(), Some("0.0.0.0:8080"));
     assert_eq!(value("VAULTSYNC_LEADER_ELECT").as_deref(), Some("true"));
     assert_eq!(value("VAULTSYNC_LOG_JSON").as_deref(), Some("true"));
-    assert_eq!(value("VAULTSYNC_CACHE_WINDOW").as_deref(), Some("30s"));
+    assert_eq!(value("VAULTSYNC_RECONCILE_TIMEOUT").as_deref(), Some("2m"));
     assert_eq!(value("VAULTSYNC_DEFAULT_RPS").as_deref(), Some("50"));
     assert_eq!(value("VAULTSYNC_DEFAULT_BURST").as_deref(), Some("100"));
     let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
@@ -460,7 +459,7 @@ async fn wrong_values_fail_the_install_with_a_clear_message() {
         (&["--set", "replicaCount=two"][..], "at '/replicaCount': got string, want integer"),
         (&["--set", "replicaCont=2"][..], "additional properties 'replicaCont' not allowed"),
         (&["--set", "image.pullPolicy=Sometimes"][..], "at '/image/pullPolicy': value must be one of"),
-        (&["--set", "operator.cacheWindow=30 seconds"][..], "at '/operator/cacheWindow'"),
+        (&["--set", "operator.reconcileTimeout=30 seconds"][..], "at '/operator/reconcileTimeout'"),
         (&["--set", "metrics.port=80800"][..], "at '/metrics/port': maximum"),
         (&["--set", "eventGrid.enabled=true"][..], "at '/eventGrid/keySecret/name': minLength"),
         (&["--set", "hostNetwork=yes"][..], "at '/hostNetwork': got string, want boolean"),
