@@ -865,3 +865,232 @@ pub fn mount_spec(attributes: &str, secrets: &str, permission_json: &str) -> Res
     let request = request(&attributes, mode)?;
     Ok(MountSpec { pod, request, secrets: publish_secrets(secrets) })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod_attributes() -> serde_json::Map<String, serde_json::Value> {
+        let tokens = json!({ AZURE_AUDIENCE: { "token": "eyJhbGciOi.secret-token", "expirationTimestamp": "2030-01-01T00:00:00Z" } });
+        json!({
+            POD_NAME: "web-0", POD_NAMESPACE: "team-a", POD_UID: "1234", SERVICE_ACCOUNT: "web",
+            TOKENS: tokens.to_string(),
+        })
+        .as_object()
+        .cloned()
+        .unwrap()
+    }
+
+    fn azure(objects: &str) -> String {
+        let mut attributes = pod_attributes();
+        attributes.insert("keyvaultName".into(), json!("kv-team-a"));
+        attributes.insert("tenantID".into(), json!("tenant-1"));
+        attributes.insert("clientID".into(), json!("client-1"));
+        attributes.insert("objects".into(), json!(objects));
+        serde_json::Value::Object(attributes).to_string()
+    }
+
+    fn azure_object(fields: &str) -> String {
+        format!("array:\n  - |\n{}", fields.lines().map(|l| format!("    {l}\n")).collect::<String>())
+    }
+
+    fn parse(attributes: &str) -> Result<MountSpec> {
+        mount_spec(attributes, "{}", "420")
+    }
+
+    fn files(attributes: &str) -> Vec<FileSpec> {
+        match parse(attributes).unwrap().request {
+            Request::Plan(plan) => plan.files,
+            other => panic!("not a plan: {other:?}"),
+        }
+    }
+
+    /// The error of `attributes`: its kind, and that its message names `place`.
+    fn refused(attributes: &str, place: &str) -> Error {
+        let error = parse(attributes).expect_err("must be refused");
+        let message = error.to_string();
+        assert!(message.contains(place), "{message:?} should name {place:?}");
+        assert!(!message.contains("secret-token"), "a token leaked into {message:?}");
+        error
+    }
+
+    #[test]
+    fn azure_form_as_the_azure_provider_names_files() {
+        let objects = format!(
+            "{}{}",
+            azure_object("objectName: db-password\nobjectType: secret"),
+            azure_object("objectName: api-key\nobjectAlias: API_KEY\nobjectVersion: abc123\nfilePermission: \"0600\"")
+                .trim_start_matches("array:\n")
+        );
+        let spec = parse(&azure(&objects)).unwrap();
+        assert_eq!(spec.pod.account(), "team-a/web");
+        assert_eq!(spec.pod.token(AZURE_AUDIENCE).unwrap().as_str(), "eyJhbGciOi.secret-token");
+        let Request::Plan(plan) = spec.request else { panic!("a plan") };
+        assert!(matches!(&plan.source, Source::Azure(a) if a.client_id.as_deref() == Some("client-1")));
+        assert_eq!(plan.files[0].path, "db-password");
+        assert_eq!(plan.files[0].id, "secret/db-password");
+        assert_eq!(plan.files[0].mode, 0o644, "the driver's permission");
+        assert_eq!(plan.files[1].path, "API_KEY");
+        assert_eq!(plan.files[1].mode, 0o600);
+        assert_eq!(plan.files[1].object.version.as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn tokens_in_secrets_come_first() {
+        let mut attributes = pod_attributes();
+        attributes.remove(TOKENS);
+        let attributes: BTreeMap<String, String> =
+            attributes.into_iter().map(|(k, v)| (k, v.as_str().unwrap().to_string())).collect();
+        let secrets: BTreeMap<String, String> =
+            [(TOKENS.to_string(), json!({ "vault": { "token": "from-secrets" } }).to_string())].into();
+        let pod = pod_info(&attributes, &secrets).unwrap();
+        assert_eq!(pod.token("vault").unwrap().as_str(), "from-secrets");
+        assert!(!publish_secrets(secrets).0.contains_key(TOKENS), "tokens are not credentials");
+    }
+
+    #[test]
+    fn vault_provider_form() {
+        let mut attributes = pod_attributes();
+        attributes.insert("roleName".into(), json!("app"));
+        attributes.insert("vaultAddress".into(), json!("http://127.0.0.1:8200/"));
+        attributes.insert(
+            "objects".into(),
+            json!(
+                "- objectName: db-user\n  secretPath: secret/data/app/db\n  secretKey: user\n- objectName: legacy\n  secretPath: kv1/app/legacy\n  secretArgs:\n    version: 3\n"
+            ),
+        );
+        let files = files(&serde_json::Value::Object(attributes).to_string());
+        assert_eq!(files[0].object.mount, Some(("secret".into(), KvVersionKey::V2)));
+        assert_eq!(files[0].object.name, "app/db");
+        assert_eq!(files[0].field.as_deref(), Some("user"));
+        assert_eq!(files[0].id, "secret/secret/data/app/db");
+        assert_eq!(files[1].object.mount, Some(("kv1".into(), KvVersionKey::V1)));
+        assert_eq!(files[1].object.version.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn store_and_vault_secret_forms() {
+        let mut attributes = pod_attributes();
+        attributes.insert("vaultSecret".into(), json!("db-files"));
+        let spec = parse(&serde_json::Value::Object(attributes.clone()).to_string()).unwrap();
+        assert_eq!(spec.request, Request::VaultSecret { name: "db-files".into() });
+        attributes.remove("vaultSecret");
+        attributes.insert(VAULTSECRET_ATTRIBUTE.into(), json!("db-files"));
+        let spec = parse(&serde_json::Value::Object(attributes.clone()).to_string()).unwrap();
+        assert_eq!(spec.request, Request::VaultSecret { name: "db-files".into() });
+        attributes.remove(VAULTSECRET_ATTRIBUTE);
+        attributes.insert("storeRef".into(), json!("shared"));
+        attributes.insert("storeKind".into(), json!("ClusterVaultStore"));
+        attributes.insert("objects".into(), json!("- objectName: app/db\n  fileName: db.json\n  property: password\n"));
+        let files = files(&serde_json::Value::Object(attributes).to_string());
+        assert_eq!(files[0].path, "db.json");
+        assert_eq!(files[0].field.as_deref(), Some("password"));
+    }
+
+    #[test]
+    fn bad_file_names_are_refused_with_their_place() {
+        for (alias, why) in [
+            ("../escape", "starts with '..'"),
+            ("..data", "starts with '..'"),
+            ("..hidden", "starts with '..'"),
+            ("/etc/passwd", "absolute"),
+            ("a/../../b", "'..' element"),
+            ("a//b", "empty"),
+            ("./a", "'.'"),
+        ] {
+            let objects = azure_object(&format!("objectName: db\nobjectAlias: \"{alias}\""));
+            let error = refused(&azure(&objects), "objects.array[0]");
+            assert!(matches!(error, Error::InvalidArgument { .. }), "{alias}: {error}");
+            assert!(error.to_string().contains(why), "{alias}: {error}");
+        }
+    }
+
+    #[test]
+    fn duplicate_and_conflicting_names_are_refused() {
+        let objects = format!(
+            "{}{}",
+            azure_object("objectName: one\nobjectAlias: same"),
+            azure_object("objectName: two\nobjectAlias: same").trim_start_matches("array:\n")
+        );
+        let error = refused(&azure(&objects), "objects.array[1]");
+        assert!(error.to_string().contains("objects.array[0]"), "names the first: {error}");
+        let mut attributes = pod_attributes();
+        attributes.insert("storeRef".into(), json!("kv"));
+        attributes.insert("objects".into(), json!("- objectName: a\n- objectName: a/b\n"));
+        refused(&serde_json::Value::Object(attributes).to_string(), "as a folder");
+    }
+
+    #[test]
+    fn unknown_types_formats_and_encodings_are_refused() {
+        for (fields, what) in [
+            ("objectName: db\nobjectType: blob", "objectType"),
+            ("objectName: db\nobjectFormat: jks", "objectFormat"),
+            ("objectName: db\nobjectEncoding: rot13", "objectEncoding"),
+            ("objectName: db\nobjectType: cert", "not supported yet"),
+            ("objectName: db\nfilePermission: \"0999\"", "filePermission"),
+            ("objectName: db\nfilePermission: \"4755\"", "filePermission"),
+            ("objectName: db\nobjectColour: red", "objects.array[0]"),
+            ("objectName: \"db/../x\"", "letters, digits and hyphens"),
+        ] {
+            let error = refused(&azure(&azure_object(fields)), what);
+            assert!(matches!(error, Error::InvalidArgument { .. }), "{fields}: {error}");
+        }
+    }
+
+    #[test]
+    fn missing_pod_info_and_malformed_input_are_refused() {
+        for key in [POD_NAME, POD_NAMESPACE, SERVICE_ACCOUNT] {
+            let mut attributes = pod_attributes();
+            attributes.remove(key);
+            attributes.insert("storeRef".into(), json!("kv"));
+            attributes.insert("objects".into(), json!("- objectName: a\n"));
+            refused(&serde_json::Value::Object(attributes).to_string(), key);
+        }
+        refused("{not json", "attributes");
+        refused(r#"{"a": 1}"#, "attributes");
+        let mut attributes = pod_attributes();
+        attributes.insert(TOKENS.into(), json!("{\"vault\": \"secret-token\"}"));
+        attributes.insert("storeRef".into(), json!("kv"));
+        attributes.insert("objects".into(), json!("- objectName: a\n"));
+        refused(&serde_json::Value::Object(attributes).to_string(), TOKENS);
+        refused(&azure("array: [unclosed"), "objects");
+        refused(&azure("array:\n  - \"objectName: [\""), "objects.array[0]");
+        assert!(mount_spec(&azure(&azure_object("objectName: db")), "{}", "\"not a mode\"").is_err());
+        assert!(mount_spec(&azure(&azure_object("objectName: db")), "{}", "4096").is_err());
+        assert_eq!(permission("\"384\"").unwrap(), 0o600);
+    }
+
+    #[test]
+    fn oversize_input_is_refused() {
+        let huge = format!("{{\"x\": \"{}\"}}", "a".repeat(MAX_INPUT_BYTES));
+        refused(&huge, "attributes");
+        let many: String = (0..=MAX_OBJECTS).map(|i| format!("- objectName: o{i}\n")).collect();
+        let mut attributes = pod_attributes();
+        attributes.insert("storeRef".into(), json!("kv"));
+        attributes.insert("objects".into(), json!(many));
+        refused(&serde_json::Value::Object(attributes).to_string(), "objects");
+    }
+
+    #[test]
+    fn node_wide_and_tenant_file_credentials_are_refused() {
+        let mut attributes: serde_json::Value = serde_json::from_str(&azure(&azure_object("objectName: db"))).unwrap();
+        attributes["useVMManagedIdentity"] = json!("true");
+        refused(&attributes.to_string(), "useVMManagedIdentity");
+        let mut attributes = pod_attributes();
+        attributes.insert("roleName".into(), json!("app"));
+        attributes.insert("vaultCACertPath".into(), json!("/etc/shadow"));
+        attributes.insert("objects".into(), json!("- objectName: a\n  secretPath: secret/data/a\n"));
+        refused(&serde_json::Value::Object(attributes.clone()).to_string(), "vaultCACertPath");
+        attributes.remove("vaultCACertPath");
+        attributes.insert("objects".into(), json!("- objectName: a\n  secretPath: secret/data/../../sys/raw\n"));
+        refused(&serde_json::Value::Object(attributes).to_string(), "objects[0]");
+    }
+
+    #[test]
+    fn no_form_says_which_exist() {
+        let error = refused(&serde_json::Value::Object(pod_attributes()).to_string(), "parameters");
+        assert!(error.to_string().contains("keyvaultName"), "{error}");
+    }
+}

@@ -8,6 +8,7 @@
 pub mod controlplane;
 pub mod entra;
 pub mod keyvault;
+pub mod logs;
 pub mod openbao;
 pub mod process;
 pub mod tls;
