@@ -10,9 +10,10 @@ CARGO ?= cargo
 
 all: test
 
-## tools: build the local control plane and install the backend servers (cached)
+## tools: build the local control plane, the CSI test tools, and install the backend servers (cached)
 tools:
 	@scripts/build-controlplane.sh
+	@scripts/build-csi-tools.sh
 	@scripts/install-emulators.sh
 
 ## test: build what is needed and run every test against the real components
@@ -28,6 +29,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd e2e/controlplane && test -z "$$(gofmt -l .)" && go vet .
+	cd e2e/csi-tools/mlog && test -z "$$(gofmt -l .)" && go vet .
 
 ## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops)
 demo: tools

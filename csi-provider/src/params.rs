@@ -257,7 +257,8 @@ pub fn string_map(json: &str, place: &str) -> Result<BTreeMap<String, String>> {
     if json.len() > MAX_INPUT_BYTES {
         return Err(Error::invalid(place, format!("{} bytes, more than the {MAX_INPUT_BYTES} allowed", json.len())));
     }
-    if json.trim().is_empty() {
+    // The driver marshals an absent nodePublishSecretRef (a nil map) as `null`.
+    if json.trim().is_empty() || json.trim() == "null" {
         return Ok(BTreeMap::new());
     }
     serde_json::from_str(json)
@@ -1060,6 +1061,7 @@ mod tests {
         assert!(mount_spec(&azure(&azure_object("objectName: db")), "{}", "\"not a mode\"").is_err());
         assert!(mount_spec(&azure(&azure_object("objectName: db")), "{}", "4096").is_err());
         assert_eq!(permission("\"384\"").unwrap(), 0o600);
+        assert!(string_map("null", "secrets").unwrap().is_empty(), "the driver sends null for no secrets");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! those sockets, pods (service accounts and real TokenRequest tokens) on the shared control
 //! plane, and the Key Vault + Entra test servers and OpenBao set up for a pod's identity.
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 use std::{
     collections::BTreeMap,
