@@ -6,7 +6,7 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test crds lint demo bench bench-rollout clean-cache
+.PHONY: all tools test crds lint demo bench bench-rollout bench-csi clean-cache
 
 all: test
 
@@ -45,6 +45,12 @@ bench: tools
 ## bench-rollout: rotation-to-new-ReplicaSet latency by polling and by Event Grid, reads per rotation
 bench-rollout: tools
 	$(CARGO) run --release --locked -q -p vaultsync-tools --bin vaultsync-rollout-bench -- $(ROLLOUT_BENCH_FLAGS)
+
+## bench-csi: CSI node plugin figures (release build, real tmpfs mounts; run as root); CSI_BENCH_FLAGS="--volumes 300"
+CSI_BENCH_FLAGS ?=
+bench-csi: tools
+	$(CARGO) build --release --locked -p vaultsync-csi -p vaultsync-tools --bin vaultsync-csi --bin vaultsync-csi-bench
+	$(CARGO_TARGET_DIR)/release/vaultsync-csi-bench --plugin-bin $(CARGO_TARGET_DIR)/release/vaultsync-csi $(CSI_BENCH_FLAGS)
 
 ## clean-cache: remove every build cache and installed tool
 clean-cache:

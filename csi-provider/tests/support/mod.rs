@@ -156,16 +156,7 @@ fn uuid_hex() -> String {
 
 /// A gRPC channel over a unix socket.
 pub async fn unix_channel(path: &Path) -> Channel {
-    let path = path.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connecting to the unix socket")
+    vaultsync_csi::server::connect(path).await.expect("connecting to the unix socket")
 }
 
 // === Pods ===
