@@ -19,18 +19,45 @@ use std::{
 use serde_json::json;
 use support::*;
 use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use vaultsync_csi::{
     mount::is_mount_point,
-    proto::csi::{
-        GetPluginInfoRequest, NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeStageVolumeRequest, ProbeRequest,
-        VolumeCapability, node_service_capability, volume_capability,
+    proto::{
+        csi::{
+            GetPluginInfoRequest, NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeStageVolumeRequest, ProbeRequest,
+            VolumeCapability, node_service_capability, volume_capability,
+        },
+        registration::{InfoRequest, RegistrationStatus, registration_client::RegistrationClient},
     },
 };
 use vaultsync_e2e::{TestNamespace, keyvault::Op, openbao};
 
 #[tokio::test]
-async fn identity_and_node_information() {
-    let plugin = Plugin::start(&[]).await;
+async fn identity_node_information_health_and_kubelet_registration() {
+    let registration_dir = std::env::temp_dir().join(format!("vaultsync-csi-reg-{}", std::process::id()));
+    let plugin = Plugin::start(&[
+        "--kubelet-registration-dir".into(),
+        registration_dir.display().to_string(),
+        "--kubelet-plugin-path".into(),
+        "/var/lib/kubelet/plugins/secrets.vaultsync.dev/csi.sock".into(),
+    ])
+    .await;
+    // What kubelet's plugin watcher asks on the registration socket.
+    let socket = registration_dir.join("secrets.vaultsync.dev-reg.sock");
+    let mut registration = RegistrationClient::new(unix_channel(&socket).await);
+    let info = registration.get_info(InfoRequest {}).await.expect("GetInfo").into_inner();
+    assert_eq!(info.r#type, "CSIPlugin");
+    assert_eq!(info.name, "secrets.vaultsync.dev");
+    assert_eq!(info.endpoint, "/var/lib/kubelet/plugins/secrets.vaultsync.dev/csi.sock");
+    assert_eq!(info.supported_versions, vec!["1.0.0".to_string()]);
+    let status = RegistrationStatus { plugin_registered: true, error: String::new() };
+    registration.notify_registration_status(status).await.expect("NotifyRegistrationStatus");
+    // Both servers answer gRPC health checks.
+    for socket in [plugin.csi_socket(), plugin.provider_socket()] {
+        let mut health = HealthClient::new(unix_channel(&socket).await);
+        let answer = health.check(HealthCheckRequest { service: String::new() }).await.expect("health").into_inner();
+        assert_eq!(answer.status, ServingStatus::Serving as i32, "{}", socket.display());
+    }
     let mut identity = plugin.identity().await;
     let info = identity.get_plugin_info(GetPluginInfoRequest {}).await.expect("GetPluginInfo").into_inner();
     assert_eq!(info.name, "secrets.vaultsync.dev");
@@ -49,10 +76,11 @@ async fn identity_and_node_information() {
     assert_eq!(types, vec![node_service_capability::rpc::Type::VolumeMountGroup as i32]);
     let stage = node.node_stage_volume(NodeStageVolumeRequest::default()).await.expect_err("not staged");
     assert_eq!(stage.code(), Code::Unimplemented);
-    let sockets = [plugin.csi_socket(), plugin.provider_socket()];
+    let sockets = [plugin.csi_socket(), plugin.provider_socket(), socket];
     assert!(sockets.iter().all(|s| s.exists()));
     plugin.stop().await;
     assert!(sockets.iter().all(|s| !s.exists()), "the sockets are removed on stop");
+    std::fs::remove_dir_all(&registration_dir).expect("removing the registration folder");
 }
 
 /// OpenBao with Kubernetes auth for the service account `web`: returns the plugin parameters
