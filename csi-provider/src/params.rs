@@ -320,7 +320,34 @@ pub fn pod_info(attributes: &BTreeMap<String, String>, secrets: &BTreeMap<String
             Error::invalid(TOKENS, format!("not a JSON object of {{token, expirationTimestamp}} ({})", where_json(&e)))
         })?,
     };
+    check_token_subjects(&tokens, &namespace, &service_account)?;
     Ok(PodInfo { namespace, name, uid, service_account, tokens })
+}
+
+/// Every token must belong to the pod's service account: reads are cached and shared by
+/// service account, so a token of one account must never pass for another's. Kubelet's tokens
+/// are JWTs whose `sub` names the account; the signature is the vault's (or Entra's) to check.
+fn check_token_subjects(tokens: &BTreeMap<String, ServiceAccountToken>, namespace: &str, account: &str) -> Result<()> {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    #[derive(Deserialize)]
+    struct Claims {
+        sub: Option<String>,
+    }
+    let expected = format!("system:serviceaccount:{namespace}:{account}");
+    for (audience, token) in tokens {
+        let place = format!("{TOKENS}[{audience:?}]");
+        let claims = token
+            .token
+            .split('.')
+            .nth(1)
+            .and_then(|payload| URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
+            .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
+            .ok_or_else(|| Error::invalid(place.as_str(), "not a service-account token (a JWT)"))?;
+        if claims.sub.as_deref() != Some(expected.as_str()) {
+            return Err(Error::denied(place, format!("the token does not belong to {namespace}/{account}")));
+        }
+    }
+    Ok(())
 }
 
 /// The nodePublishSecretRef data, without the tokens the kubelet may put there.
@@ -873,8 +900,16 @@ mod tests {
 
     use super::*;
 
+    /// An unsigned JWT whose subject is `namespace/account`, with a recognisable secret part.
+    fn jwt(namespace: &str, account: &str) -> String {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        let claims = json!({ "sub": format!("system:serviceaccount:{namespace}:{account}") });
+        format!("eyJhbGciOiJSUzI1NiJ9.{}.secret-token-signature", URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
     fn pod_attributes() -> serde_json::Map<String, serde_json::Value> {
-        let tokens = json!({ AZURE_AUDIENCE: { "token": "eyJhbGciOi.secret-token", "expirationTimestamp": "2030-01-01T00:00:00Z" } });
+        let tokens =
+            json!({ AZURE_AUDIENCE: { "token": jwt("team-a", "web"), "expirationTimestamp": "2030-01-01T00:00:00Z" } });
         json!({
             POD_NAME: "web-0", POD_NAMESPACE: "team-a", POD_UID: "1234", SERVICE_ACCOUNT: "web",
             TOKENS: tokens.to_string(),
@@ -914,6 +949,7 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains(place), "{message:?} should name {place:?}");
         assert!(!message.contains("secret-token"), "a token leaked into {message:?}");
+        assert!(!message.contains("eyJhbGciOiJSUzI1NiJ9"), "a token leaked into {message:?}");
         error
     }
 
@@ -927,7 +963,7 @@ mod tests {
         );
         let spec = parse(&azure(&objects)).unwrap();
         assert_eq!(spec.pod.account(), "team-a/web");
-        assert_eq!(spec.pod.token(AZURE_AUDIENCE).unwrap().as_str(), "eyJhbGciOi.secret-token");
+        assert_eq!(spec.pod.token(AZURE_AUDIENCE).unwrap().as_str(), jwt("team-a", "web"));
         let Request::Plan(plan) = spec.request else { panic!("a plan") };
         assert!(matches!(&plan.source, Source::Azure(a) if a.client_id.as_deref() == Some("client-1")));
         assert_eq!(plan.files[0].path, "db-password");
@@ -945,9 +981,9 @@ mod tests {
         let attributes: BTreeMap<String, String> =
             attributes.into_iter().map(|(k, v)| (k, v.as_str().unwrap().to_string())).collect();
         let secrets: BTreeMap<String, String> =
-            [(TOKENS.to_string(), json!({ "vault": { "token": "from-secrets" } }).to_string())].into();
+            [(TOKENS.to_string(), json!({ "vault": { "token": jwt("team-a", "web") } }).to_string())].into();
         let pod = pod_info(&attributes, &secrets).unwrap();
-        assert_eq!(pod.token("vault").unwrap().as_str(), "from-secrets");
+        assert_eq!(pod.token("vault").unwrap().as_str(), jwt("team-a", "web"));
         assert!(!publish_secrets(secrets).0.contains_key(TOKENS), "tokens are not credentials");
     }
 
@@ -1062,6 +1098,20 @@ mod tests {
         assert!(mount_spec(&azure(&azure_object("objectName: db")), "{}", "4096").is_err());
         assert_eq!(permission("\"384\"").unwrap(), 0o600);
         assert!(string_map("null", "secrets").unwrap().is_empty(), "the driver sends null for no secrets");
+    }
+
+    #[test]
+    fn a_token_of_another_service_account_is_refused() {
+        let mut attributes = pod_attributes();
+        let foreign = json!({ "vault": { "token": jwt("team-a", "intruder") } }).to_string();
+        attributes.insert(TOKENS.into(), json!(foreign));
+        attributes.insert("storeRef".into(), json!("kv"));
+        attributes.insert("objects".into(), json!("- objectName: a\n"));
+        let error = refused(&serde_json::Value::Object(attributes.clone()).to_string(), "team-a/web");
+        assert!(matches!(error, Error::PermissionDenied { .. }), "{error}");
+        attributes.insert(TOKENS.into(), json!(json!({ "vault": { "token": "opaque-secret-token" } }).to_string()));
+        let error = refused(&serde_json::Value::Object(attributes).to_string(), "not a service-account token");
+        assert!(matches!(error, Error::InvalidArgument { .. }), "{error}");
     }
 
     #[test]
