@@ -21,9 +21,7 @@ use kube::{
 };
 use serde_json::json;
 use tonic::transport::Channel;
-use vaultsync_csi::proto::csi::{
-    NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability, node_client::NodeClient, volume_capability,
-};
+use vaultsync_csi::proto::csi::{NodeUnpublishVolumeRequest, node_client::NodeClient};
 use vaultsync_e2e::{
     ControlPlane, TestNamespace,
     entra::{EntraServer, Federation},
@@ -116,19 +114,8 @@ async fn main() -> anyhow::Result<()> {
             ("clientID".into(), format!("client-{account}")),
             ("objects".into(), format!("array:\n  - |\n    objectName: {object}\n")),
         ];
-        NodePublishVolumeRequest {
-            volume_id: format!("vol-{pod}"),
-            target_path: dir.join("targets").join(format!("pod-{pod}")).display().to_string(),
-            volume_capability: Some(VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(Default::default())),
-                access_mode: Some(volume_capability::AccessMode {
-                    mode: volume_capability::access_mode::Mode::SingleNodeReaderOnly as i32,
-                }),
-            }),
-            readonly: true,
-            volume_context: context.into_iter().collect(),
-            ..Default::default()
-        }
+        let target = dir.join("targets").join(format!("pod-{pod}"));
+        vaultsync_tools::csi_demo::kubelet_publish(&format!("vol-{pod}"), &target, context.into_iter().collect())
     };
     let mut published = Vec::new();
     let mut pod = 0usize;
