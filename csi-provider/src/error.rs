@@ -88,11 +88,6 @@ impl Error {
             Error::Internal { .. } => "internal",
         }
     }
-
-    /// Whether the vault (not the request) failed: a republish then keeps the files it has.
-    pub fn is_vault_failure(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::NotFound { .. } | Error::PermissionDenied { .. })
-    }
 }
 
 impl From<Error> for tonic::Status {

@@ -100,19 +100,24 @@ impl NodePlugin {
         Ok(if adopted { "adopted" } else { "published" })
     }
 
-    /// A republish: refresh when due; a failing vault keeps the files (OK, with a warning).
+    /// A republish: refresh when due. Anything that fails then (the vault, or a new value that no
+    /// longer renders) keeps the files the pod has and answers OK with a warning: kubelet may tear
+    /// the volume down on an error, and the parameters were already checked at the first publish.
     async fn republish(&self, volume: &mut Volume, target: &Path) -> Result<&'static str> {
         if volume.refreshed.elapsed() < self.config.refresh_interval {
             return Ok("not due");
         }
         let max_age = Some(self.config.refresh_interval);
-        match self.mounter.payload(&volume.spec, max_age).await {
-            Ok(payload) => {
-                let changed = writer::write(target, &payload.files, volume.ownership)?;
+        let written = match self.mounter.payload(&volume.spec, max_age).await {
+            Ok(payload) => writer::write(target, &payload.files, volume.ownership),
+            Err(error) => Err(error),
+        };
+        match written {
+            Ok(changed) => {
                 volume.refreshed = Instant::now();
                 Ok(if changed { "refreshed" } else { "unchanged" })
             }
-            Err(error) if error.is_vault_failure() => {
+            Err(error) => {
                 warn!(
                     target = %target.display(),
                     reason = error.metric_label(),
@@ -121,7 +126,6 @@ impl NodePlugin {
                 );
                 Ok("kept")
             }
-            Err(error) => Err(error),
         }
     }
 

@@ -220,6 +220,11 @@ async fn a_failing_vault_keeps_the_files_and_a_due_refresh_picks_up_rotation() {
     // The vault is back: the next republish brings the new value.
     node.node_publish_volume(request.clone()).await.expect("republish");
     assert_eq!(read_volume(&target)["db-password"], "new-value");
+
+    // A new version that no longer fits (over 1 MiB) does not empty the volume either.
+    azure.vault.set_secret("db-password", &"y".repeat(1024 * 1024 + 1));
+    node.node_publish_volume(request.clone()).await.expect("an oversize new version on republish is not an error");
+    assert_eq!(read_volume(&target)["db-password"], "new-value", "the files stay");
     node.node_unpublish_volume(unpublish_request("csi-down", &target)).await.expect("unpublish");
     assert!(!target.exists());
     let tokens = tokens_of(&context);
