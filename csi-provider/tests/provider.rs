@@ -236,3 +236,35 @@ async fn bad_input_is_refused_with_what_and_where_and_logged() {
     assert_logs_free_of(&tokens.iter().map(String::as_str).chain(["never-read-value"]).collect::<Vec<_>>());
     plugin.stop().await;
 }
+
+#[tokio::test]
+async fn a_service_principal_comes_from_the_node_publish_secret_and_a_wrong_one_gets_no_cached_read() {
+    let ns = TestNamespace::new("csi-p-sp").await;
+    service_account(&ns, "web").await;
+    let azure = Azure::start(&ns, &[]).await;
+    azure.entra.add_client_secret("sp-app", "sp-secret-value", &format!("kv-access-{}", ns.name));
+    azure.vault.set_secret("db-password", "sp-read-value");
+    let plugin = Plugin::start(&azure.flags()).await;
+    let mut provider = plugin.provider().await;
+    // No clientID: the Azure provider's service principal form, credentials in nodePublishSecretRef.
+    let mut attributes = pod_attributes(&ns, "web", "web-0", &[]).await;
+    attributes.extend(azure_parameters("", &[("db-password", None)]));
+    attributes.remove("clientID");
+    let mut request = mount_request(&attributes, "420");
+    request.secrets = json!({ "clientid": "sp-app", "clientsecret": "sp-secret-value" }).to_string();
+    let response = provider.mount(request.clone()).await.expect("Mount with a service principal").into_inner();
+    assert_eq!(files_of(&response)["db-password"].0, "sp-read-value");
+
+    // The same client ID with a wrong secret is refused, although the right one's read is cached.
+    request.secrets = json!({ "clientid": "sp-app", "clientsecret": "wrong-secret-value" }).to_string();
+    let refused = provider.mount(request.clone()).await.expect_err("a wrong client secret");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(azure.vault.calls(Op::GetSecret), 1, "one read, by the right credential");
+
+    request.secrets = "{}".into();
+    let missing = provider.mount(request).await.expect_err("no credentials");
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert!(missing.message().contains("nodePublishSecretRef"), "{}", missing.message());
+    assert_logs_free_of(&["sp-secret-value", "wrong-secret-value", "sp-read-value"]);
+    plugin.stop().await;
+}

@@ -2,12 +2,13 @@
 //! client-credentials grant with a client assertion (what workload identity uses): the assertion
 //! must be a Kubernetes service-account token that the real apiserver accepts (TokenReview) for
 //! the federated audience and subject configured for the client ID. Then it issues that
-//! client's access token.
+//! client's access token. Certificate-signed assertions and client secrets (service principals)
+//! are accepted for the clients registered with them.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -51,6 +52,8 @@ struct Shared {
     kube: kube::Client,
     federations: HashMap<String, Federation>,
     certificates: HashMap<String, CertificateCredential>,
+    /// Client secrets: client ID -> (secret, access token issued).
+    secrets: Mutex<HashMap<String, (String, String)>>,
     issued: AtomicU64,
     refused: AtomicU64,
 }
@@ -85,6 +88,7 @@ impl EntraServer {
             kube,
             federations: federations.into_iter().map(|f| (f.client_id.clone(), f)).collect(),
             certificates: certificates.into_iter().map(|c| (c.client_id.clone(), c)).collect(),
+            secrets: Mutex::default(),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         });
@@ -100,6 +104,13 @@ impl EntraServer {
 
     pub fn ca_pem(&self) -> &str {
         TestCa::shared().ca_pem()
+    }
+
+    /// Also accepts the client-credentials grant with `secret` for `client_id` (a service principal's client
+    /// secret), issuing `access_token`.
+    pub fn add_client_secret(&self, client_id: &str, secret: &str, access_token: &str) {
+        let mut secrets = self.shared.secrets.lock().expect("secrets lock");
+        secrets.insert(client_id.into(), (secret.into(), access_token.into()));
     }
 
     /// Tokens issued and requests refused so far.
@@ -124,6 +135,22 @@ async fn token(
     }
     if field("scope") != "https://vault.azure.net/.default" {
         return refuse(&shared, StatusCode::BAD_REQUEST, "invalid_scope", "scope must be Key Vault's .default");
+    }
+    if form.contains_key("client_secret") {
+        let known = shared.secrets.lock().expect("secrets lock").get(field("client_id")).cloned();
+        return match known {
+            Some((secret, access_token)) if secret == field("client_secret") => {
+                shared.issued.fetch_add(1, Ordering::Relaxed);
+                Json(json!({ "token_type": "Bearer", "expires_in": 3600, "access_token": access_token }))
+                    .into_response()
+            }
+            _ => refuse(
+                &shared,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided",
+            ),
+        };
     }
     if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
         return refuse(
