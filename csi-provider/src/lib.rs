@@ -19,6 +19,7 @@ pub mod reader;
 pub mod registration;
 pub mod render;
 pub mod server;
+pub mod stores;
 pub mod writer;
 
 /// Code generated from `proto/` by `build.rs`.
@@ -85,9 +86,17 @@ pub fn inline_reader(args: &Args) -> anyhow::Result<InlineReader> {
     Ok(InlineReader::new(config, Arc::new(ReadCache::new(args.cache_window))))
 }
 
-/// Runs until `shutdown` resolves, with the inline reader the flags configure.
+/// Runs until `shutdown` resolves. The store forms are served when a Kubernetes client can be
+/// had (in cluster, or from `KUBECONFIG`); the inline forms always.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let reader = Arc::new(inline_reader(&args)?);
+    let inline = Arc::new(inline_reader(&args)?);
+    let reader: Arc<dyn VaultReader> = match kube::Client::try_default().await {
+        Ok(client) => Arc::new(stores::StoreReader::new(client, inline)),
+        Err(error) => {
+            tracing::warn!(%error, "no Kubernetes client: the vaultSecret and storeRef forms are not served");
+            inline
+        }
+    };
     run_with_reader(args, reader, shutdown).await
 }
 

@@ -10,8 +10,8 @@
 //! or a fingerprint of the nodePublishSecretRef credential), so tokens are reused until shortly
 //! before they expire; reads go through one [`ReadCache`] keyed by that identity, so pods of one
 //! service account share reads and a pod of another never gets a read it could not make itself.
-//! The store forms (`vaultSecret`, `storeRef`) are served by another reader given to
-//! [`InlineReader::with_stores`].
+//! The store forms (`vaultSecret`, `storeRef`) are served by a reader that resolves stores and
+//! hands the inline forms to this one (`crate::stores::StoreReader`).
 
 use std::{
     collections::HashMap,
@@ -33,7 +33,10 @@ use zeroize::Zeroizing;
 
 use crate::{
     error::{Error, Result},
-    params::{AZURE_AUDIENCE, AzureSource, MountPlan, OpenBaoSource, PodInfo, PublishSecrets, Source, VaultObject},
+    params::{
+        AZURE_AUDIENCE, AzureSource, KvVersionKey, MountPlan, OpenBaoSource, PodInfo, PublishSecrets, Source,
+        VaultObject,
+    },
 };
 
 /// Reads a volume's objects with the pod's identity.
@@ -106,18 +109,11 @@ pub struct InlineReader {
     cache: Arc<ReadCache>,
     backends: Mutex<HashMap<String, Kept>>,
     budgets: Mutex<HashMap<String, Arc<RequestBudget>>>,
-    stores: Option<Arc<dyn VaultReader>>,
 }
 
 impl InlineReader {
     pub fn new(config: InlineConfig, cache: Arc<ReadCache>) -> Self {
-        Self { config, cache, backends: Mutex::default(), budgets: Mutex::default(), stores: None }
-    }
-
-    /// Serves `vaultSecret` and `storeRef` through `stores`.
-    pub fn with_stores(mut self, stores: Arc<dyn VaultReader>) -> Self {
-        self.stores = Some(stores);
-        self
+        Self { config, cache, backends: Mutex::default(), budgets: Mutex::default() }
     }
 
     /// How many identities have a backend now (for tests and the benchmark).
@@ -160,49 +156,173 @@ impl InlineReader {
         Ok(backend)
     }
 
-    fn azure(&self, pod: &PodInfo, secrets: &PublishSecrets, source: &AzureSource) -> Result<Arc<dyn Backend>> {
-        let url = match self.config.azure_vault_endpoints.get(&source.vault_name) {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => format!("https://{}.{}", source.vault_name, source.cloud.vault_suffix()),
-        };
-        let authority =
-            self.config.azure_authority_host.clone().unwrap_or_else(|| source.cloud.authority_host().to_string());
-        let tenant = &source.tenant_id;
-        let (key, token, grant_of, client_id): (String, Option<&str>, GrantOf, String) = match &source.client_id {
-            Some(client_id) => {
-                let token = pod.token(AZURE_AUDIENCE)?;
-                let key = format!("azure|{url}|{tenant}|wi:{client_id}|sa:{}", pod.account());
-                (key, Some(token.as_str()), GrantOf::Assertion, client_id.clone())
+    /// The backend of an Azure Key Vault for the pod's identity (workload identity) or the
+    /// nodePublishSecretRef's service principal.
+    pub fn azure_backend(
+        &self,
+        endpoint: &AzureEndpoint,
+        credential: &AzureCredential,
+        pod: &PodInfo,
+        secrets: &PublishSecrets,
+    ) -> Result<Arc<dyn Backend>> {
+        let AzureEndpoint { url, authority, tenant, http, trust } = endpoint;
+        let (principal, token, grant_of, client_id) = match credential {
+            AzureCredential::WorkloadIdentity { client_id, audience } => {
+                let token = pod.token(audience)?;
+                let principal = format!("wi:{client_id}|aud:{audience}|sa:{}", pod.account());
+                (principal, Some(token.as_str()), GrantOf::Assertion, client_id.clone())
             }
-            None => {
+            AzureCredential::ServicePrincipal { client_id } => {
                 let missing = || {
                     Error::invalid(
                         "nodePublishSecretRef",
-                        "without clientID the service principal's clientid and clientsecret must be in nodePublishSecretRef",
+                        "a service principal's clientid and clientsecret must be in nodePublishSecretRef",
                     )
                 };
-                let client_id = secrets.get("clientid").ok_or_else(missing)?;
+                let client_id = match client_id {
+                    Some(id) => id.clone(),
+                    None => secrets.get("clientid").ok_or_else(missing)?.to_string(),
+                };
                 let secret = secrets.get("clientsecret").ok_or_else(missing)?;
-                let key = format!("azure|{url}|{tenant}|sp:{client_id}:{}", fingerprint(secret.as_bytes()));
-                (key, None, GrantOf::Secret(Zeroizing::new(secret.to_string())), client_id.to_string())
+                // The credential's fingerprint is part of the identity: a wrong secret never gets the right one's reads.
+                let principal = format!("sp:{client_id}:{}", fingerprint(secret.as_bytes()));
+                (principal, None, GrantOf::Secret(Zeroizing::new(secret.to_string())), client_id)
             }
         };
-        let identity = key.trim_start_matches(&format!("azure|{url}|")).to_string();
+        let identity = format!("{tenant}|{principal}|trust:{trust}");
+        let key = format!("azure|{url}|{identity}");
         self.backend(key, token, |assertion| {
             let grant = match (grant_of, assertion) {
                 (GrantOf::Secret(secret), _) => Grant::ClientSecret(secret),
                 (GrantOf::Assertion, Some(source)) => Grant::ClientAssertion(source),
                 (GrantOf::Assertion, None) => return Err(Error::internal("no pod token for workload identity")),
             };
-            let credential = EntraToken::new(self.config.http.clone(), &authority, tenant, Some(client_id), grant)
-                .for_resource(key_vault_resource(&url));
-            let vault = AzureKeyVault::new(self.config.http.clone(), &url, "7.6", Arc::new(credential), &identity)
-                .with_budget(self.budget(&url));
+            let credential = EntraToken::new(http.clone(), authority, tenant, Some(client_id), grant)
+                .for_resource(key_vault_resource(url));
+            let vault = AzureKeyVault::new(http.clone(), url, "7.6", Arc::new(credential), &identity)
+                .with_budget(self.budget(url));
             Ok(Arc::new(vault))
         })
     }
 
-    fn openbao(&self, pod: &PodInfo, source: &OpenBaoSource, object: &VaultObject) -> Result<Arc<dyn Backend>> {
+    /// The backend of an OpenBao / Vault KV mount for the pod's identity (Kubernetes auth) or the
+    /// nodePublishSecretRef's token or AppRole secret ID.
+    pub fn openbao_backend(
+        &self,
+        endpoint: &OpenBaoEndpoint,
+        credential: &OpenBaoCredential,
+        mount: &str,
+        kv: KvVersionKey,
+        pod: &PodInfo,
+        secrets: &PublishSecrets,
+    ) -> Result<Arc<dyn Backend>> {
+        let OpenBaoEndpoint { server, namespace, http, trust } = endpoint;
+        let from_secret = |keys: &[&str]| {
+            keys.iter().find_map(|k| secrets.get(k)).map(|v| Zeroizing::new(v.trim().to_string())).ok_or_else(|| {
+                Error::invalid(
+                    "nodePublishSecretRef",
+                    format!("the credential must be in nodePublishSecretRef under {keys:?}"),
+                )
+            })
+        };
+        let (principal, token, method) = match credential {
+            OpenBaoCredential::Kubernetes { mount_path, role, audience } => {
+                let token = pod.token(audience)?;
+                let principal =
+                    format!("kubernetes:{}/{role}/aud:{audience}/sa:{}", mount_path.trim_matches('/'), pod.account());
+                (principal, Some(token.as_str()), Method::Kubernetes { mount_path, role })
+            }
+            OpenBaoCredential::Token => {
+                let value = from_secret(&["token"])?;
+                (format!("token:{}", fingerprint(value.as_bytes())), None, Method::Token(value))
+            }
+            OpenBaoCredential::AppRole { mount_path, role_id } => {
+                let secret_id = from_secret(&["secretid", "secret-id", "secret_id"])?;
+                let principal = format!("approle:{mount_path}/{role_id}:{}", fingerprint(secret_id.as_bytes()));
+                (principal, None, Method::AppRole { mount_path, role_id, secret_id })
+            }
+        };
+        let key = format!(
+            "openbao|{server}|ns={}|{mount}|{kv:?}|{principal}|trust:{trust}",
+            namespace.as_deref().unwrap_or_default()
+        );
+        self.backend(key, token, |assertion| {
+            let auth = match method {
+                Method::Kubernetes { mount_path, role } => AuthMethod::Kubernetes {
+                    mount_path: mount_path.clone(),
+                    role: role.clone(),
+                    jwt: assertion.ok_or_else(|| Error::internal("no pod token for Kubernetes auth"))?,
+                },
+                Method::Token(value) => AuthMethod::Token(value),
+                Method::AppRole { mount_path, role_id, secret_id } => {
+                    AuthMethod::AppRole { mount_path: mount_path.clone(), role_id: role_id.clone(), secret_id }
+                }
+            };
+            let location = KvMount {
+                server: server.clone(),
+                namespace: namespace.clone(),
+                mount: mount.to_string(),
+                kv_version: kv.into(),
+            };
+            let bao = OpenBao::new(http.clone(), location, auth, &principal)
+                .map_err(|e| Error::from_backend("server", e))?
+                .with_budget(self.budget(server));
+            Ok(Arc::new(bao))
+        })
+    }
+
+    /// Reads each distinct object once through the cache, with the backend `backend_for` gives it;
+    /// one result per object of `objects`, in order.
+    pub async fn read_objects(
+        &self,
+        objects: &[VaultObject],
+        max_age: Option<Duration>,
+        backend_for: impl Fn(&VaultObject) -> Result<Arc<dyn Backend>>,
+    ) -> Result<Vec<FetchedSecret>> {
+        let mut distinct: Vec<&VaultObject> = objects.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        let mut reads = Vec::new();
+        for object in distinct {
+            let backend = backend_for(object)?;
+            reads.push(async move {
+                let reference = ObjectRef { name: object.name.clone(), version: object.version.clone() };
+                let fetched = self
+                    .cache
+                    .get(backend.as_ref(), &reference, max_age)
+                    .await
+                    .map_err(|e| Error::from_backend(&reference.to_string(), e))?;
+                Ok::<_, Error>((object.clone(), fetched))
+            });
+        }
+        let read: HashMap<VaultObject, FetchedSecret> = try_join_all(reads).await?.into_iter().collect();
+        Ok(objects.iter().map(|o| read[o].clone()).collect())
+    }
+
+    fn inline_azure(&self, source: &AzureSource) -> (AzureEndpoint, AzureCredential) {
+        let url = match self.config.azure_vault_endpoints.get(&source.vault_name) {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("https://{}.{}", source.vault_name, source.cloud.vault_suffix()),
+        };
+        let authority =
+            self.config.azure_authority_host.clone().unwrap_or_else(|| source.cloud.authority_host().to_string());
+        let endpoint = AzureEndpoint {
+            url,
+            authority,
+            tenant: source.tenant_id.clone(),
+            http: self.config.http.clone(),
+            trust: "plugin".into(),
+        };
+        let credential = match &source.client_id {
+            Some(client_id) => {
+                AzureCredential::WorkloadIdentity { client_id: client_id.clone(), audience: AZURE_AUDIENCE.into() }
+            }
+            None => AzureCredential::ServicePrincipal { client_id: None },
+        };
+        (endpoint, credential)
+    }
+
+    fn inline_openbao(&self, source: &OpenBaoSource) -> Result<(OpenBaoEndpoint, OpenBaoCredential)> {
         let address = source
             .address
             .clone()
@@ -212,32 +332,19 @@ impl InlineReader {
         if !allowed.is_empty() && !allowed.iter().any(|glob| glob_match(glob, &address)) {
             return Err(Error::denied("vaultAddress", format!("{address} is not an address this plugin may call")));
         }
-        let audience = source.audience.as_deref().unwrap_or(&self.config.openbao_default_audience);
-        let token = pod.token(audience)?;
-        let Some((mount, kv)) = object.mount.clone() else {
-            return Err(Error::internal("an OpenBao object without a mount"));
+        let audience = source.audience.clone().unwrap_or_else(|| self.config.openbao_default_audience.clone());
+        let endpoint = OpenBaoEndpoint {
+            server: address,
+            namespace: source.namespace.clone(),
+            http: self.config.http.clone(),
+            trust: "plugin".into(),
         };
-        let principal = format!(
-            "kubernetes:{}/{}/aud:{audience}/sa:{}",
-            source.auth_mount_path.trim_matches('/'),
-            source.role,
-            pod.account()
-        );
-        let key = format!(
-            "openbao|{address}|ns={}|{mount}|{kv:?}|{principal}",
-            source.namespace.as_deref().unwrap_or_default()
-        );
-        self.backend(key, Some(token.as_str()), |assertion| {
-            let jwt = assertion.ok_or_else(|| Error::internal("no pod token for Kubernetes auth"))?;
-            let auth =
-                AuthMethod::Kubernetes { mount_path: source.auth_mount_path.clone(), role: source.role.clone(), jwt };
-            let location =
-                KvMount { server: address.clone(), namespace: source.namespace.clone(), mount, kv_version: kv.into() };
-            let bao = OpenBao::new(self.config.http.clone(), location, auth, &principal)
-                .map_err(|e| Error::from_backend("vaultAddress", e))?
-                .with_budget(self.budget(&address));
-            Ok(Arc::new(bao))
-        })
+        let credential = OpenBaoCredential::Kubernetes {
+            mount_path: source.auth_mount_path.clone(),
+            role: source.role.clone(),
+            audience,
+        };
+        Ok((endpoint, credential))
     }
 
     async fn read_inline(
@@ -248,27 +355,69 @@ impl InlineReader {
         objects: &[VaultObject],
         max_age: Option<Duration>,
     ) -> Result<Vec<FetchedSecret>> {
-        // Each distinct object is read once, even when several files come from it.
-        let mut distinct: Vec<&VaultObject> = objects.iter().collect();
-        distinct.sort();
-        distinct.dedup();
-        let reads = distinct.iter().map(|object| async move {
-            let backend = match source {
-                Source::Azure(azure) => self.azure(pod, secrets, azure)?,
-                Source::OpenBao(bao) => self.openbao(pod, bao, object)?,
-                Source::Store(_) => return Err(Error::internal("store objects are read by the store reader")),
-            };
-            let reference = ObjectRef { name: object.name.clone(), version: object.version.clone() };
-            let fetched = self
-                .cache
-                .get(backend.as_ref(), &reference, max_age)
+        match source {
+            Source::Azure(azure) => {
+                let (endpoint, credential) = self.inline_azure(azure);
+                self.read_objects(objects, max_age, |_| self.azure_backend(&endpoint, &credential, pod, secrets)).await
+            }
+            Source::OpenBao(bao) => {
+                let (endpoint, credential) = self.inline_openbao(bao)?;
+                self.read_objects(objects, max_age, |object| {
+                    let (mount, kv) =
+                        object.mount.clone().ok_or_else(|| Error::internal("an OpenBao object without a mount"))?;
+                    self.openbao_backend(&endpoint, &credential, &mount, kv, pod, secrets)
+                })
                 .await
-                .map_err(|e| Error::from_backend(&reference.to_string(), e))?;
-            Ok::<_, Error>(((*object).clone(), fetched))
-        });
-        let read: HashMap<VaultObject, FetchedSecret> = try_join_all(reads).await?.into_iter().collect();
-        Ok(objects.iter().map(|o| read[o].clone()).collect())
+            }
+            Source::Store(_) => Err(Error::Unimplemented {
+                message:
+                    "storeRef: mounting from a store needs store resolution, which this plugin was started without"
+                        .into(),
+            }),
+        }
     }
+}
+
+/// Where an Azure Key Vault is and whom its clients trust.
+pub struct AzureEndpoint {
+    pub url: String,
+    pub authority: String,
+    pub tenant: String,
+    pub http: reqwest::Client,
+    /// Names the CA bundle `http` trusts (part of the identity: stores with other CAs get other clients).
+    pub trust: String,
+}
+
+/// How a pod authenticates to Azure.
+pub enum AzureCredential {
+    /// The pod's token for `audience`, exchanged at Entra for `client_id`.
+    WorkloadIdentity { client_id: String, audience: String },
+    /// A client secret from nodePublishSecretRef (`clientsecret`; `clientid` when none is given).
+    ServicePrincipal { client_id: Option<String> },
+}
+
+/// Where an OpenBao / Vault server is and whom its client trusts.
+pub struct OpenBaoEndpoint {
+    pub server: String,
+    pub namespace: Option<String>,
+    pub http: reqwest::Client,
+    pub trust: String,
+}
+
+/// How a pod authenticates to OpenBao / Vault.
+pub enum OpenBaoCredential {
+    /// A login to `role` with the pod's token for `audience`.
+    Kubernetes { mount_path: String, role: String, audience: String },
+    /// A token from nodePublishSecretRef (`token`).
+    Token,
+    /// An AppRole secret ID from nodePublishSecretRef (`secretid`).
+    AppRole { mount_path: String, role_id: String },
+}
+
+enum Method<'a> {
+    Kubernetes { mount_path: &'a String, role: &'a String },
+    Token(Zeroizing<String>),
+    AppRole { mount_path: &'a String, role_id: &'a String, secret_id: Zeroizing<String> },
 }
 
 enum GrantOf {
@@ -277,15 +426,14 @@ enum GrantOf {
 }
 
 impl VaultReader for InlineReader {
-    fn vault_secret_plan<'a>(&'a self, pod: &'a PodInfo, name: &'a str) -> BoxFuture<'a, Result<MountPlan>> {
-        match &self.stores {
-            Some(stores) => stores.vault_secret_plan(pod, name),
-            None => Box::pin(async {
-                Err(Error::Unimplemented {
-                    message: "vaultSecret: mounting a VaultSecret needs store resolution, which this plugin was started without".into(),
-                })
-            }),
-        }
+    fn vault_secret_plan<'a>(&'a self, _pod: &'a PodInfo, _name: &'a str) -> BoxFuture<'a, Result<MountPlan>> {
+        Box::pin(async {
+            Err(Error::Unimplemented {
+                message:
+                    "vaultSecret: mounting a VaultSecret needs store resolution, which this plugin was started without"
+                        .into(),
+            })
+        })
     }
 
     fn read<'a>(
@@ -296,17 +444,7 @@ impl VaultReader for InlineReader {
         objects: &'a [VaultObject],
         max_age: Option<Duration>,
     ) -> BoxFuture<'a, Result<Vec<FetchedSecret>>> {
-        match (source, &self.stores) {
-            (Source::Store(_), Some(stores)) => stores.read(pod, secrets, source, objects, max_age),
-            (Source::Store(_), None) => {
-                Box::pin(async {
-                    Err(Error::Unimplemented {
-                    message: "storeRef: mounting from a store needs store resolution, which this plugin was started without".into(),
-                })
-                })
-            }
-            _ => Box::pin(self.read_inline(pod, secrets, source, objects, max_age)),
-        }
+        Box::pin(self.read_inline(pod, secrets, source, objects, max_age))
     }
 }
 
@@ -316,12 +454,27 @@ fn fingerprint(material: &[u8]) -> String {
     sha2::Sha256::digest(material).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-/// `*` matches any run of characters; everything else matches itself.
-fn glob_match(pattern: &str, text: &str) -> bool {
+/// `*` matches any run of characters, `?` one character; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
-        None => pattern == text,
+        None => {
+            pattern.chars().count() == text.chars().count()
+                && pattern.chars().zip(text.chars()).all(|(p, t)| p == '?' || p == t)
+        }
         Some((head, rest)) => {
-            let Some(mut tail) = text.strip_prefix(head) else { return false };
+            let head_chars = head.chars().count();
+            let Some(split) = text
+                .char_indices()
+                .nth(head_chars)
+                .map(|(i, _)| i)
+                .or((text.chars().count() == head_chars).then_some(text.len()))
+            else {
+                return false;
+            };
+            if !glob_match(head, &text[..split]) {
+                return false;
+            }
+            let mut tail = &text[split..];
             if rest.is_empty() {
                 return true;
             }
@@ -349,5 +502,11 @@ mod tests {
         assert!(glob_match("https://*.example:8200", "https://bao.example:8200"));
         assert!(!glob_match("https://*.example:8200", "https://bao.example:8201"));
         assert!(glob_match("*", "http://anything"));
+        assert!(glob_match("team-a-*", "team-a-db-password"));
+        assert!(glob_match("db-?", "db-1"));
+        assert!(!glob_match("db-?", "db-12"));
+        assert!(glob_match("*-password", "team-a-password"));
+        assert!(!glob_match("team-a-*", "team-b-db"));
+        assert!(!glob_match("exact", "exactly"));
     }
 }

@@ -57,8 +57,17 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// Starts the plugin with the sockets in a new folder and `extra` flags.
+    /// Starts the plugin with the sockets in a new folder and `extra` flags (the inline forms only).
     pub async fn start(extra: &[String]) -> Plugin {
+        Self::start_with(extra, None).await
+    }
+
+    /// Starts the plugin serving the store forms too, resolving stores with `client`.
+    pub async fn start_with_stores(extra: &[String], client: kube::Client) -> Plugin {
+        Self::start_with(extra, Some(client)).await
+    }
+
+    async fn start_with(extra: &[String], client: Option<kube::Client>) -> Plugin {
         capture_logs();
         vaultsync_e2e::tls::install_crypto_provider();
         let dir = std::env::temp_dir().join(format!("vaultsync-csi-{}", &uuid_hex()[..12]));
@@ -78,7 +87,12 @@ impl Plugin {
         argv.extend(extra.iter().cloned());
         let args = vaultsync_csi::Args::parse_from(argv);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(vaultsync_csi::run(args, async move {
+        let inline = std::sync::Arc::new(vaultsync_csi::inline_reader(&args).expect("the inline reader"));
+        let reader: std::sync::Arc<dyn vaultsync_csi::reader::VaultReader> = match client {
+            Some(client) => std::sync::Arc::new(vaultsync_csi::stores::StoreReader::new(client, inline)),
+            None => inline,
+        };
+        let task = tokio::spawn(vaultsync_csi::run_with_reader(args, reader, async move {
             let _ = stopped.await;
         }));
         let plugin = Plugin { dir, stop: Some(stop), task: Some(task) };
