@@ -76,23 +76,43 @@ impl NodePlugin {
     async fn publish(&self, request: NodePublishVolumeRequest) -> Result<&'static str> {
         let (volume_id, target, ownership) = check_publish(&request)?;
         let slot = self.slot(&target);
-        let mut slot = slot.lock().await;
+        let mut guard = slot.lock().await;
+        let outcome = self.publish_in(&mut guard, request, volume_id, &target, ownership).await;
+        if guard.is_none() {
+            // Nothing was published here: forget the slot, so failed publishes do not pile up.
+            drop(guard);
+            let mut volumes = self.volumes.lock().expect("volumes lock");
+            if volumes.get(&target).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                volumes.remove(&target);
+            }
+        }
+        outcome
+    }
+
+    async fn publish_in(
+        &self,
+        slot: &mut Option<Volume>,
+        request: NodePublishVolumeRequest,
+        volume_id: String,
+        target: &Path,
+        ownership: Ownership,
+    ) -> Result<&'static str> {
         if let Some(volume) = slot.as_mut() {
             if volume.volume_id != volume_id {
                 return Err(Error::invalid("target_path", "already holds another volume"));
             }
-            return self.republish(volume, &target).await;
+            return self.republish(volume, target).await;
         }
         let spec = mount_spec(&request)?;
         // Everything is read before anything is made: bad input or a failing vault leave no trace.
         let payload = self.mounter.payload(&spec, None).await?;
         let adopted = target.join(writer::DATA).exists();
         if !adopted {
-            self.make_target(&target, ownership)?;
+            self.make_target(target, ownership)?;
         }
-        if let Err(error) = writer::write(&target, &payload.files, ownership) {
+        if let Err(error) = writer::write(target, &payload.files, ownership) {
             if !adopted {
-                let _ = remove_target(&target);
+                let _ = remove_target(target);
             }
             return Err(error);
         }
