@@ -10,11 +10,12 @@ CARGO ?= cargo
 
 all: test
 
-## tools: build the local control plane, the CSI test tools, and install the backend servers (cached)
+## tools: build the local control plane and the CSI test tools, install the backend servers and the Azure SDK (cached)
 tools:
 	@scripts/build-controlplane.sh
 	@scripts/build-csi-tools.sh
 	@scripts/install-emulators.sh
+	@scripts/install-azure-sdk.sh
 
 ## test: build what is needed and run every test against the real components
 test: tools

@@ -33,9 +33,10 @@ pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 #[x_kube(validation = Rule::new("(has(self.data) ? size(self.data) : 0) + (has(self.dataFrom) ? size(self.dataFrom) : 0) > 0").message("data or dataFrom must name at least one object"))]
 pub struct VaultSecretSpec {
     pub store_ref: StoreRef,
-    /// How often the vault is read again; `0` reads once.
+    /// How often the vault is read again, from `10s` to `8760h`; `0` reads once.
     #[serde(default = "default_refresh_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("self == '0' || (duration(self) >= duration('10s') && duration(self) <= duration('8760h'))").message("refreshInterval must be 0 (read once) or between 10s and 8760h"))]
     pub refresh_interval: String,
     /// One entry per key of the target Secret.
     #[serde(default)]
@@ -66,9 +67,10 @@ pub struct Rollout {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub targets: Vec<RolloutTarget>,
-    /// Changes within this window give one rollout.
+    /// Changes within this window give one rollout; at most `10m`.
     #[serde(default = "default_debounce")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('10m')").message("debounce must be at most 10m"))]
     pub debounce: String,
 }
 
@@ -184,6 +186,7 @@ pub enum Decoding {
 /// The Kubernetes Secret written.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.creationPolicy) && self.creationPolicy == 'Merge' && has(self.immutable) && self.immutable)").message("immutable cannot be set with creationPolicy Merge: the Secret merged into is not vaultsync's to make immutable"))]
 pub struct Target {
     /// The Secret's name; the VaultSecret's name when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -241,8 +241,7 @@ async fn bad_input_is_refused_with_what_and_where_and_logged() {
 async fn a_service_principal_comes_from_the_node_publish_secret_and_a_wrong_one_gets_no_cached_read() {
     let ns = TestNamespace::new("csi-p-sp").await;
     service_account(&ns, "web").await;
-    let azure = Azure::start(&ns, &[]).await;
-    azure.entra.add_client_secret("sp-app", "sp-secret-value", &format!("kv-access-{}", ns.name));
+    let azure = Azure::start_with_secrets(&ns, &[], &[("sp-app", "sp-secret-value")]).await;
     azure.vault.set_secret("db-password", "sp-read-value");
     let plugin = Plugin::start(&azure.flags()).await;
     let mut provider = plugin.provider().await;

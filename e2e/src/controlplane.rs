@@ -95,6 +95,17 @@ impl ControlPlane {
             .expect("kubeconfig");
         Client::try_from(config).expect("kube client")
     }
+
+    /// A client configuration that authenticates with a bearer token (a service account's), trusting the cluster
+    /// CA.
+    pub async fn config_with_token(&self, token: &str) -> kube::Config {
+        crate::tls::install_crypto_provider();
+        let mut config = kube::Config::from_custom_kubeconfig(self.config.clone(), &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        config.auth_info = kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() };
+        config
+    }
 }
 
 /// A namespace made for one test, named `<prefix>-<random>`.
@@ -133,7 +144,8 @@ impl TestNamespace {
     }
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` with `what`.
+/// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` with `what`. Fails at once if a
+/// program the test runs in process has died (see [`crate::liveness`]).
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -141,6 +153,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        crate::liveness::check();
         if let Some(v) = check().await {
             return v;
         }

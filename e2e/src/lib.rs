@@ -5,9 +5,11 @@
 //! Every process started here is tied to the test process: it is stopped when the test
 //! binary exits, also when a test fails or panics, or the binary is killed.
 
+pub mod chart;
 pub mod controlplane;
 pub mod entra;
 pub mod keyvault;
+pub mod liveness;
 pub mod logs;
 pub mod openbao;
 pub mod process;

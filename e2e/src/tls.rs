@@ -51,7 +51,14 @@ impl TestCa {
 
     /// Issues a certificate for `localhost` and `127.0.0.1`.
     pub fn issue_loopback(&self) -> anyhow::Result<ServerCert> {
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        self.issue_loopback_for(&[])
+    }
+
+    /// Issues a certificate for `localhost`, `127.0.0.1` and `names` (such as `vault.localhost`).
+    pub fn issue_loopback_for(&self, names: &[&str]) -> anyhow::Result<ServerCert> {
+        let mut all = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        all.extend(names.iter().filter(|n| !all.iter().any(|a| a == *n)).map(|n| n.to_string()).collect::<Vec<_>>());
+        let params = CertificateParams::new(all)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(ServerCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
@@ -59,8 +66,13 @@ impl TestCa {
 
     /// A rustls server configuration for a loopback server.
     pub fn loopback_server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        self.loopback_server_config_for(&[])
+    }
+
+    /// A rustls server configuration for a loopback server also known as `names`.
+    pub fn loopback_server_config_for(&self, names: &[&str]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         install_crypto_provider();
-        let issued = self.issue_loopback()?;
+        let issued = self.issue_loopback_for(names)?;
         let certs = rustls_pki_types_from_pem(&issued.cert_pem)?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
             .context("parsing the test server key")?;

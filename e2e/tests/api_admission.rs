@@ -103,7 +103,9 @@ fn one_key(key: &str) -> Value {
 async fn vault_secrets_are_validated_at_admission() {
     let ns = TestNamespace::new("admission-secret").await;
     install_crds(&ns.client).await;
-    for (name, refresh) in [("hourly", "1h"), ("mixed", "1h30m"), ("once", "0")] {
+    for (name, refresh) in
+        [("hourly", "1h"), ("mixed", "1h30m"), ("once", "0"), ("fastest", "10s"), ("yearly", "8760h")]
+    {
         create(&ns, "VaultSecret", name, vault_secret(one_key("password"), refresh))
             .await
             .unwrap_or_else(|m| panic!("{refresh} refused: {m}"));
@@ -121,6 +123,22 @@ async fn vault_secrets_are_validated_at_admission() {
     ]);
     let cases = [
         ("bad-interval", vault_secret(one_key("password"), "1 hour"), "refreshInterval"),
+        // Hostile intervals: one overflowed the operator's time arithmetic, the other made it poll in a hot loop.
+        ("huge-interval", vault_secret(one_key("password"), "80000000h"), "between 10s and 8760h"),
+        ("tiny-interval", vault_secret(one_key("password"), "1ms"), "between 10s and 8760h"),
+        ("just-under", vault_secret(one_key("password"), "9s"), "between 10s and 8760h"),
+        ("just-over", vault_secret(one_key("password"), "8761h"), "between 10s and 8760h"),
+        (
+            "long-debounce",
+            json!({ "storeRef": { "name": "kv" }, "data": one_key("p"), "rollout": { "debounce": "11m" } }),
+            "debounce must be at most 10m",
+        ),
+        (
+            "merge-immutable",
+            json!({ "storeRef": { "name": "kv" }, "data": one_key("p"),
+                "target": { "creationPolicy": "Merge", "immutable": true } }),
+            "immutable cannot be set with creationPolicy Merge",
+        ),
         ("bad-key", vault_secret(one_key("bad/key"), "1h"), "secretKey"),
         ("no-data", vault_secret(json!([]), "1h"), "data"),
         ("duplicate-key", vault_secret(duplicate, "1h"), "Duplicate value"),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use vaultsync_e2e::keyvault::{KeyVaultError, KeyVaultServer, Op};
+use vaultsync_e2e::keyvault::{API_VERSIONS, KeyVaultError, KeyVaultServer, Op, PUBLIC_RESOURCE};
 use vaultsync_e2e::tls::TestCa;
 
 /// The Key Vault error a client call failed with.
@@ -53,13 +53,42 @@ async fn missing_token_gets_bearer_challenge_and_is_not_counted() -> anyhow::Res
 
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let challenge = response.headers()["www-authenticate"].to_str()?.to_string();
+    let port = server.addr().port();
     assert_eq!(
         challenge,
-        "Bearer authorization=\"https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000\", resource=\"https://vault.azure.net\""
+        format!(
+            "Bearer authorization=\"https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000\", resource=\"https://localhost:{port}\""
+        ),
+        "the resource is the server's own origin by default"
     );
     let body: Value = response.json().await?;
     assert_eq!(body["error"]["code"], "Unauthorized");
     assert_eq!(server.total_calls(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_challenge_names_the_configured_tenant_and_resource() -> anyhow::Result<()> {
+    let server = KeyVaultServer::builder()
+        .vault_name("team")
+        .authority("https://login.example", "tenant-9")
+        .challenge_resource(PUBLIC_RESOURCE)
+        .start()
+        .await?;
+    assert_eq!(server.url(), format!("https://team.localhost:{}", server.addr().port()));
+    let challenge = |response: reqwest::Response| response.headers()["www-authenticate"].to_str().map(str::to_string);
+    let client = server.client()?.with_token(None);
+    let answer = challenge(client.request(Method::GET, "/secrets/a").send().await?)?;
+    assert_eq!(answer, "Bearer authorization=\"https://login.example/tenant-9\", resource=\"https://vault.azure.net\"");
+
+    server.set_authority("https://localhost:1/", "tenant-10");
+    let answer = challenge(client.request(Method::GET, "/secrets/a").send().await?)?;
+    assert_eq!(answer, "Bearer authorization=\"https://localhost:1/tenant-10\", resource=\"https://vault.azure.net\"");
+    assert_eq!(answer, server.challenge());
+
+    let named = KeyVaultServer::builder().vault_name("other").start().await?;
+    let port = named.addr().port();
+    assert_eq!(named.challenge_resource(), format!("https://localhost:{port}"), "the vault's host lies under it");
     Ok(())
 }
 
@@ -70,13 +99,13 @@ async fn missing_or_unknown_api_version_is_bad_parameter() -> anyhow::Result<()>
     let http = TestCa::shared().client()?;
     let get = |query: &str| http.get(format!("{}/secrets/a{query}", server.url())).bearer_auth("t").send();
 
-    for query in ["", "?api-version=2016-10-01", "?api-version=7.1"] {
+    for query in ["", "?api-version=2015-06-01", "?api-version=7.7", "?api-version=2026-05-01"] {
         let response = get(query).await?;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "query {query:?}");
         let body: Value = response.json().await?;
         assert_eq!(body["error"]["code"], "BadParameter", "query {query:?}");
     }
-    for version in ["7.2", "7.3", "7.4", "7.5", "7.6"] {
+    for version in API_VERSIONS {
         let response = get(&format!("?api-version={version}")).await?;
         assert_eq!(response.status(), StatusCode::OK, "api-version {version}");
     }
@@ -256,5 +285,106 @@ async fn deleted_secret_is_gone_and_names_are_case_insensitive() -> anyhow::Resu
     assert!(deleted.get("value").is_none());
     assert_eq!(vault_error(client.get("Api-Key", None).await).status, 404);
     assert_eq!(server.calls(Op::DeleteSecret), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_secrets_are_listed_recovered_and_purged() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    server.set_secret("kept", "v");
+    server.set_secret("gone", "one");
+    let client = server.client()?;
+    client.call(Method::DELETE, "/secrets/gone", None).await?;
+
+    let listed: Vec<Value> = client.all_pages("/deletedsecrets").await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["id"], format!("{}/secrets/gone", server.url()));
+    assert_eq!(listed[0]["recoveryId"], format!("{}/deletedsecrets/gone", server.url()));
+    assert!(listed[0]["attributes"]["created"].is_i64() && listed[0].get("value").is_none());
+    let deleted = client.call(Method::GET, "/deletedsecrets/gone", None).await?;
+    assert!(deleted["id"].as_str().is_some_and(|id| id.starts_with(&format!("{}/secrets/gone/", server.url()))));
+    assert!(deleted["scheduledPurgeDate"].as_i64() > deleted["deletedDate"].as_i64());
+
+    let reused = vault_error(client.set("gone", "two").await);
+    assert_eq!((reused.status, reused.code.as_str()), (409, "Conflict"), "{}", reused.message);
+    let missing = vault_error(client.call(Method::GET, "/deletedsecrets/kept", None).await);
+    assert_eq!((missing.status, missing.code.as_str()), (404, "SecretNotFound"));
+
+    let recovered = client.call(Method::POST, "/deletedsecrets/gone/recover", None).await?;
+    assert!(recovered.get("value").is_none() && recovered["attributes"]["enabled"] == true, "{recovered}");
+    assert_eq!(client.get("gone", None).await?.value.as_deref(), Some("one"));
+
+    client.call(Method::DELETE, "/secrets/gone", None).await?;
+    let purge = client.request(Method::DELETE, "/deletedsecrets/gone").send().await?;
+    assert_eq!(purge.status(), StatusCode::NO_CONTENT);
+    assert_eq!(vault_error(client.call(Method::GET, "/deletedsecrets/gone", None).await).status, 404);
+    assert_eq!(client.set("gone", "new life").await?.value.as_deref(), Some("new life"), "a purged name is free");
+    assert_eq!(
+        (
+            server.calls(Op::ListDeletedSecrets),
+            server.calls(Op::RecoverDeletedSecret),
+            server.calls(Op::PurgeDeletedSecret)
+        ),
+        (1, 1, 1)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_operations_are_not_found_and_not_counted() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let client = server.client()?;
+    for (method, path) in [(Method::GET, "/storage"), (Method::PUT, "/secrets"), (Method::POST, "/keys/k/sign-nothing")]
+    {
+        let error = vault_error(client.call(method.clone(), path, None).await);
+        assert_eq!((error.status, error.code.as_str()), (404, "NotFound"), "{method} {path}");
+    }
+    assert_eq!(server.total_calls(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn keys_and_certificates_share_names_and_versions_with_their_secret() -> anyhow::Result<()> {
+    let server = KeyVaultServer::start().await?;
+    let client = server.client()?;
+    let policy = serde_json::json!({ "policy": {
+        "issuer": { "name": "Self" },
+        "x509_props": { "subject": "CN=svc.example", "sans": { "dns_names": ["svc.example"] }, "validity_months": 3 },
+        "key_props": { "kty": "EC", "crv": "P-256" },
+        "secret_props": { "contentType": "application/x-pem-file" },
+    }});
+    let pending = client.request(Method::POST, "/certificates/svc/create").json(&policy).send().await?;
+    assert_eq!(pending.status(), StatusCode::ACCEPTED);
+    let operation: Value = pending.json().await?;
+    assert_eq!(operation["status"], "inProgress");
+    assert_eq!(client.call(Method::GET, "/certificates/svc/pending", None).await?["status"], "completed");
+
+    let certificate = client.call(Method::GET, "/certificates/svc", None).await?;
+    let version = certificate["id"].as_str().and_then(|id| id.rsplit('/').next()).unwrap_or_default().to_string();
+    assert_eq!(certificate["kid"], format!("{}/keys/svc/{version}", server.url()));
+    assert_eq!(certificate["sid"], format!("{}/secrets/svc/{version}", server.url()));
+    assert_eq!(certificate["policy"]["issuer"]["name"], "Self");
+    let secret = client.get("svc", Some(&version)).await?;
+    assert_eq!((secret.managed, secret.content_type.as_deref()), (Some(true), Some("application/x-pem-file")));
+    assert_eq!(secret.kid.as_deref(), certificate["kid"].as_str());
+    let pem = secret.value.unwrap_or_default();
+    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----") && pem.contains("-----BEGIN CERTIFICATE-----"));
+    let key = client.call(Method::GET, "/keys/svc", None).await?;
+    assert_eq!(
+        (&key["key"]["kty"], &key["key"]["crv"], &key["managed"]),
+        (&Value::from("EC"), &Value::from("P-256"), &Value::from(true))
+    );
+
+    let listed: Vec<Value> = client.all_pages("/certificates").await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["x5t"], certificate["x5t"]);
+    let missing = vault_error(client.call(Method::GET, "/certificates/nope", None).await);
+    assert_eq!((missing.status, missing.code.as_str()), (404, "CertificateNotFound"));
+    let missing = vault_error(client.call(Method::GET, "/keys/nope", None).await);
+    assert_eq!((missing.status, missing.code.as_str()), (404, "KeyNotFound"));
+    let refused =
+        client.request(Method::POST, "/keys/bad/create").json(&serde_json::json!({ "kty": "oct" })).send().await?;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!((server.calls(Op::CreateCertificate), server.calls(Op::GetCertificateOperation)), (1, 1));
     Ok(())
 }

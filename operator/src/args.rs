@@ -37,6 +37,11 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_CONCURRENCY", default_value_t = 32)]
     pub concurrency: u16,
 
+    /// The longest one VaultSecret's reconcile may take (vault calls, budget waits and apiserver writes together)
+    /// before it is abandoned, reported as `Timeout` and retried, so stuck calls cannot hold the controller's slots.
+    #[arg(long, env = "VAULTSYNC_RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
+
     /// How long backend reads are shared between VaultSecrets that reference one object.
     #[arg(long, env = "VAULTSYNC_CACHE_WINDOW", default_value = "30s", value_parser = parse_duration)]
     pub cache_window: Duration,

@@ -211,10 +211,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     info!(addr = ?listener.local_addr().ok(), path = PATH, "serving Azure Event Grid deliveries");
-    axum::serve(listener, router(config, metrics, refresh))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving the Event Grid endpoint")
+    // A delivery of 100 events may look up many VaultSecrets; Event Grid itself waits 30 s for an answer.
+    let limits = crate::http::Limits { request_timeout: std::time::Duration::from_secs(25), ..Default::default() };
+    crate::http::serve_limited(listener, router(config, metrics, refresh), limits, shutdown).await;
+    Ok(())
 }
 
 /// The endpoint's routes: `POST` and `OPTIONS` on [`PATH`].

@@ -1,6 +1,10 @@
 //! The operator's small HTTP server: `/metrics` for Prometheus, `/healthz` for liveness and `/readyz` for
 //! readiness. It runs on every replica, leader or not, so probes and scrapes work while a replica waits
 //! for the Lease.
+//!
+//! [`serve_limited`] is how the operator serves HTTP (this endpoint and the Event Grid one): a client that sends its
+//! headers slowly, holds a request open or opens many connections gets cut off, rather than holding the process's
+//! sockets and memory.
 
 use std::{
     future::Future,
@@ -9,6 +13,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -49,10 +54,78 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "serving /metrics, /healthz and /readyz");
-    axum::serve(listener, router(AppState { metrics, ready }))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving metrics and health endpoints")
+    serve_limited(listener, router(AppState { metrics, ready }), Limits::default(), shutdown).await;
+    Ok(())
+}
+
+/// What one HTTP server allows a client.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Time to send a request's headers (and, on a kept-alive connection, to start the next request).
+    pub header_timeout: Duration,
+    /// Time from the headers to the end of the answer, reading the body included.
+    pub request_timeout: Duration,
+    /// Connections served at once; further ones are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { header_timeout: Duration::from_secs(5), request_timeout: Duration::from_secs(10), max_connections: 64 }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes, then lets the requests in progress finish
+/// (for at most the request timeout).
+pub async fn serve_limited(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::{conn::auto, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        limits.request_timeout,
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(None);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("too many connections; closing a new one");
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
 }
 
 fn router(state: AppState) -> Router {
@@ -175,5 +248,83 @@ mod tests {
             .expect("the server stops after shutdown")
             .expect("the server task did not panic");
         assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed after shutdown");
+    }
+
+    /// Serves `app` within `limits` on a free port; returns the address and a stop handle.
+    async fn start_limited(app: Router, limits: Limits) -> (SocketAddr, oneshot::Sender<()>) {
+        let (listener, addr) = bind("127.0.0.1:0".parse().expect("an address")).await.expect("binding port 0");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve_limited(listener, app, limits, async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    /// Reads until the server closes the connection; returns what it sent and how long that took.
+    async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+        let started = tokio::time::Instant::now();
+        let mut raw = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("closed in time");
+        (String::from_utf8_lossy(&raw).into_owned(), started.elapsed())
+    }
+
+    const TIGHT: Limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(500),
+        max_connections: 2,
+    };
+
+    #[tokio::test]
+    async fn slow_headers_are_cut_off() {
+        let (addr, _stop) =
+            start_limited(router(AppState { metrics: Metrics::new(), ready: Arc::default() }), TIGHT).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connecting");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.expect("half a request");
+        let (_, took) = read_until_closed(&mut stream).await;
+        assert!(took < Duration::from_secs(2), "the connection was held for {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_or_handler_times_out() {
+        let app = Router::new()
+            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
+            .route("/upload", axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }));
+        let (addr, _stop) = start_limited(app, TIGHT).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connecting");
+        stream.write_all(b"GET /slow HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("request");
+        let (answer, took) = read_until_closed(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.0 408"), "{answer}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        let mut stream = TcpStream::connect(addr).await.expect("connecting");
+        stream
+            .write_all(b"POST /upload HTTP/1.0\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a part")
+            .await
+            .expect("a request whose body never completes");
+        let (answer, took) = read_until_closed(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.0 408"), "{answer}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_the_server_recovers() {
+        let state = AppState { metrics: Metrics::new(), ready: Arc::default() };
+        let limits = Limits { header_timeout: Duration::from_secs(2), ..TIGHT };
+        let (addr, _stop) = start_limited(router(state), limits).await;
+        let idle = [TcpStream::connect(addr).await.expect("first"), TcpStream::connect(addr).await.expect("second")];
+        tokio::time::sleep(Duration::from_millis(100)).await; // both accepted and holding a slot
+        let mut third = TcpStream::connect(addr).await.expect("the kernel accepts the connection");
+        let (answer, took) = read_until_closed(&mut third).await;
+        assert!(answer.is_empty() && took < Duration::from_secs(1), "the third connection is closed at once");
+        drop(idle);
+        let served = async {
+            loop {
+                if get(addr, "/healthz").await.status == 200 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), served).await.expect("served again once the slots are free");
     }
 }

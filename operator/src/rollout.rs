@@ -354,8 +354,20 @@ impl Rollouts {
     }
 }
 
+/// The longest debounce accepted (also enforced at admission).
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(600);
+
+/// A rollout's debounce window, parsed and bounded (0 to 10 minutes).
+pub fn debounce(rollout: &Rollout) -> Result<Duration, String> {
+    let window = parse_duration(&rollout.debounce).map_err(|e| format!("rollout.debounce: {e}"))?;
+    if window > MAX_DEBOUNCE {
+        return Err(format!("rollout.debounce {:?} is longer than the accepted 10m", rollout.debounce));
+    }
+    Ok(window)
+}
+
 fn debounce_of(rollout: Option<&Rollout>) -> Duration {
-    rollout.and_then(|r| parse_duration(&r.debounce).ok()).unwrap_or(DEFAULT_DEBOUNCE)
+    rollout.and_then(|r| debounce(r).ok()).unwrap_or(DEFAULT_DEBOUNCE)
 }
 
 fn pod_spec(object: &DynamicObject) -> Option<PodSpec> {

@@ -59,4 +59,5 @@ async fn a_service_principal_certificate_reads_the_vault() {
     assert!(message.contains("AADSTS700027"), "{message}");
     assert!(!message.contains("PRIVATE KEY"), "no key material in messages");
     assert!(env.secret("by-wrong-cert").await.is_none());
+    env.finish().await;
 }

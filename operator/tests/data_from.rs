@@ -42,4 +42,5 @@ async fn extract_and_find_make_many_keys() {
     .await;
     let vs = env.wait_reason("bad", "InvalidValue").await;
     assert!(vs.status.expect("status").conditions[0].message.contains("not a valid Secret key"));
+    env.finish().await;
 }

@@ -29,14 +29,12 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     };
     let ports =
         [vaultsync_e2e::process::free_port().expect("port"), vaultsync_e2e::process::free_port().expect("port")];
-    let first =
-        tokio::spawn(vaultsync_operator::run_with_client(env.ns.client.clone(), replica("replica-1", ports[0])));
+    let first = env.spawn_operator("replica-1", replica("replica-1", ports[0]));
     eventually(Duration::from_secs(15), "replica-1 to lead", || async {
         (holder(&env).await.as_deref() == Some("replica-1")).then_some(())
     })
     .await;
-    let second =
-        tokio::spawn(vaultsync_operator::run_with_client(env.ns.client.clone(), replica("replica-2", ports[1])));
+    let second = env.spawn_operator("replica-2", replica("replica-2", ports[1]));
 
     env.apply_vault_secret("one", one_key("k", "ha-object")).await;
     env.wait_secret_value("one", "k", "ha-secret-value").await;
@@ -54,4 +52,5 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     assert_eq!(holder(&env).await.as_deref(), Some("replica-2"));
     assert!(metric_sum(ports[1], writes).await > 0, "the new leader writes");
     second.abort();
+    env.finish().await;
 }

@@ -15,7 +15,7 @@ use tokio::{
     task::JoinSet,
     time::{Instant, timeout},
 };
-use vaultsync_e2e::{ControlPlane, TestNamespace};
+use vaultsync_e2e::{ControlPlane, TestNamespace, chart::operator_client};
 use vaultsync_operator::leader::{LeaderConfig, Leadership, acquire};
 
 const LEASE: &str = "vaultsync-operator";
@@ -50,15 +50,17 @@ fn renew_time(spec: &LeaseSpec) -> Timestamp {
 #[tokio::test]
 async fn contender_waits_while_held_and_takes_over_promptly_after_release() {
     let ns = TestNamespace::new("leader").await;
+    // Contenders hold exactly the chart's rights.
+    let operator = operator_client(&ns, &[]).await;
     let leases: Api<Lease> = ns.api();
 
-    let mut first = lead(ns.client.clone(), &ns.name, "first").await;
+    let mut first = lead(operator.clone(), &ns.name, "first").await;
     let created = lease_spec(&leases).await;
     assert_eq!(created.holder_identity.as_deref(), Some("first"));
     assert_eq!(created.lease_duration_seconds, Some(2));
     assert_eq!(created.lease_transitions, Some(0));
 
-    let mut second = tokio::spawn(acquire(ns.client.clone(), config(&ns.name, "second")));
+    let mut second = tokio::spawn(acquire(operator.clone(), config(&ns.name, "second")));
     // Longer than the lease duration: only renewals can keep the second contender out this long.
     assert!(
         timeout(Duration::from_secs(3), &mut second).await.is_err(),
@@ -89,9 +91,11 @@ async fn contender_waits_while_held_and_takes_over_promptly_after_release() {
 #[tokio::test]
 async fn contender_takes_over_after_the_holder_stops_renewing() {
     let ns = TestNamespace::new("leader").await;
+    // Contenders hold exactly the chart's rights.
+    let operator = operator_client(&ns, &[]).await;
     let leases: Api<Lease> = ns.api();
 
-    let crashed = lead(ns.client.clone(), &ns.name, "crashed").await;
+    let crashed = lead(operator.clone(), &ns.name, "crashed").await;
     // Dropping stops renewals without releasing, like a crash.
     drop(crashed);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -100,7 +104,7 @@ async fn contender_takes_over_after_the_holder_stops_renewing() {
     let last_renewal = renew_time(&abandoned);
 
     let started = Instant::now();
-    let _successor = timeout(Duration::from_secs(5), acquire(ns.client.clone(), config(&ns.name, "successor")))
+    let _successor = timeout(Duration::from_secs(5), acquire(operator.clone(), config(&ns.name, "successor")))
         .await
         .expect("the successor did not acquire after the Lease expired")
         .expect("the successor failed to acquire");
@@ -117,12 +121,14 @@ async fn contender_takes_over_after_the_holder_stops_renewing() {
 #[tokio::test]
 async fn only_one_of_several_simultaneous_contenders_wins() {
     let ns = TestNamespace::new("leader").await;
+    // Contenders hold exactly the chart's rights.
+    let operator = operator_client(&ns, &[]).await;
     let leases: Api<Lease> = ns.api();
-    let departing = lead(ns.client.clone(), &ns.name, "departing").await;
+    let departing = lead(operator.clone(), &ns.name, "departing").await;
 
     let mut contenders = JoinSet::new();
     for n in 0..5 {
-        let (client, config) = (ns.client.clone(), config(&ns.name, &format!("contender-{n}")));
+        let (client, config) = (operator.clone(), config(&ns.name, &format!("contender-{n}")));
         contenders.spawn(async move { (n, acquire(client, config).await) });
     }
     // Let every contender find the Lease held, so all of them race to take it over the moment it is free.
@@ -149,8 +155,10 @@ async fn only_one_of_several_simultaneous_contenders_wins() {
 #[tokio::test]
 async fn holder_learns_when_its_lease_is_taken() {
     let ns = TestNamespace::new("leader").await;
+    // Contenders hold exactly the chart's rights.
+    let operator = operator_client(&ns, &[]).await;
     let leases: Api<Lease> = ns.api();
-    let mut holder = lead(ns.client.clone(), &ns.name, "holder").await;
+    let mut holder = lead(operator.clone(), &ns.name, "holder").await;
 
     let mut lease = leases.get(LEASE).await.expect("reading the Lease");
     let spec = lease.spec.as_mut().expect("the Lease has a spec");
@@ -167,9 +175,10 @@ async fn holder_learns_when_its_lease_is_taken() {
 #[tokio::test]
 async fn holder_gives_up_when_it_cannot_renew_for_the_lease_duration() {
     let ns = TestNamespace::new("leader").await;
+    // Contenders hold exactly the chart's rights.
     let leases: Api<Lease> = ns.api();
     let proxy = ApiserverProxy::start().await;
-    let mut holder = lead(proxy.client().await, &ns.name, "cut-off").await;
+    let mut holder = lead(proxy.client(&ns).await, &ns.name, "cut-off").await;
     // Renewals keep working through the proxy at first.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(timeout(Duration::from_millis(100), holder.lost()).await.is_err(), "lost while renewals succeed");
@@ -213,12 +222,9 @@ impl ApiserverProxy {
         Self { addr, forwarding }
     }
 
-    /// An admin client that reaches the apiserver only through this proxy.
-    async fn client(&self) -> kube::Client {
-        let kubeconfig =
-            kube::config::Kubeconfig::read_from(ControlPlane::shared().kubeconfig_path()).expect("the kubeconfig");
-        let mut config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("a client config");
+    /// A client with the chart's rights for the operator that reaches the apiserver only through this proxy.
+    async fn client(&self, ns: &TestNamespace) -> kube::Client {
+        let mut config = vaultsync_e2e::chart::operator_config(ns, &[]).await;
         // The apiserver's certificate names 127.0.0.1, and the proxy listens there too.
         config.cluster_url = format!("https://{}", self.addr).parse().expect("the proxy URL");
         kube::Client::try_from(config).expect("a client")

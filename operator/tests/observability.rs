@@ -28,11 +28,12 @@ async fn metrics_count_backend_calls_syncs_and_writes() {
     let get_ok = format!(r#"vaultsync_backend_calls_total{{store="{store}",operation="get_secret",outcome="ok"}} 1"#);
     assert!(body.contains(&get_ok), "one backend read for three VaultSecrets:\n{body}");
     assert!(line(r#"vaultsync_syncs_total{result="synced"}"#).is_some_and(|l| l.ends_with(" 3")), "{body}");
-    assert!(line(r#"vaultsync_apiserver_writes_total{verb="apply",resource="secrets"}"#).is_some(), "{body}");
+    assert!(line(r#"vaultsync_apiserver_writes_total{verb="create",resource="secrets"}"#).is_some(), "{body}");
     assert!(body.contains("vaultsync_reconcile_duration_seconds_bucket"), "{body}");
     assert!(body.contains("vaultsync_queue_depth"), "{body}");
     assert!(!body.contains("metric-secret-value"), "no value in metrics");
 
     assert_eq!(env.http_get("/healthz").await.0, 200);
     assert_eq!(env.http_get("/readyz").await.0, 200);
+    env.finish().await;
 }

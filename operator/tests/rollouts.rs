@@ -114,6 +114,7 @@ async fn a_rotation_rolls_explicit_targets_and_labelled_consumers_once() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(replica_sets(&env, "explicit").await, 2, "no rollout without a content change");
     assert_eq!(replica_sets(&env, "labelled").await, 2, "no rollout without a content change");
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -141,6 +142,7 @@ async fn rotations_within_the_debounce_window_give_one_rollout() {
     // A change after the window: a second rollout.
     rotate(&env, "b", "b", "b3", "2").await;
     wait_replica_sets(&env, "web", 3).await;
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -179,4 +181,5 @@ async fn stateful_sets_and_daemon_sets_are_rolled_and_paused_deployments_skipped
     assert!(!events.contains(&"RolledOut".to_string()));
     let paused = serde_json::to_value(env.ns.api::<Deployment>().get("paused").await.expect("paused")).expect("json");
     assert!(template_hash(paused).is_null(), "a paused Deployment's template is not touched");
+    env.finish().await;
 }

@@ -25,8 +25,8 @@ async fn a_restarted_operator_with_nothing_due_reads_nothing() {
     env.stop_operator().await;
     let before: Vec<_> = futures_list(&env).await;
     env.start_operator();
-    // Long enough for the new operator to list and reconcile every VaultSecret.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Proof that the new operator looked at every VaultSecret before asserting that it read nothing.
+    env.wait_metric_at_least(r#"vaultsync_syncs_total{result="checked"}"#, 5).await;
     assert_eq!(env.vault.calls(Op::GetSecret), reads, "no backend call after a restart with nothing due");
     assert_eq!(futures_list(&env).await, before, "no Secret was rewritten");
 
@@ -35,6 +35,7 @@ async fn a_restarted_operator_with_nothing_due_reads_nothing() {
     env.annotate("vs-0", "vaultsync.dev/force-sync", "now").await;
     env.wait_secret_value("vs-0", "k", "rotated").await;
     assert_eq!(env.vault.calls(Op::GetSecret), reads + 1);
+    env.finish().await;
 }
 
 /// The resourceVersions of the Secrets vs-0..vs-4.
@@ -57,6 +58,7 @@ async fn vault_secrets_sharing_an_object_share_one_read() {
         env.wait_secret_value(&format!("consumer-{i}"), "k", "shared-value").await;
     }
     assert_eq!(env.vault.calls(Op::GetSecret), 1, "20 VaultSecrets on one object: one read in the window");
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -64,14 +66,19 @@ async fn routine_refresh_follows_the_interval() {
     let env = Env::start("sched-interval").await;
     env.vault.set_secret("ticker", "one");
     let mut spec = one_key("k", "ticker");
-    spec["refreshInterval"] = json!("2s");
+    spec["refreshInterval"] = json!("10s"); // the shortest interval accepted
     env.apply_vault_secret("ticking", spec).await;
     env.wait_secret_value("ticking", "k", "one").await;
     env.vault.set_secret("ticker", "two");
-    // Routine refreshes may reuse a cached read, but never one older than the interval.
-    env.wait_secret_value("ticking", "k", "two").await;
+    // Routine refreshes may reuse a cached read, but never one older than half the interval: the new value arrives
+    // with the next refresh.
+    let started = std::time::Instant::now();
+    env.wait_secret_value_within("ticking", "k", "two", Duration::from_secs(25)).await;
+    assert!(started.elapsed() <= Duration::from_secs(13), "arrived after {:?} on a 10s interval", started.elapsed());
+    // One more routine refresh (an unchanged read) costs exactly one read.
     let reads = env.vault.calls(Op::GetSecret);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let more = env.vault.calls(Op::GetSecret) - reads;
-    assert!((1..=4).contains(&more), "about one read per 2 s interval, saw {more} in 5 s");
+    let unchanged = env.metric(r#"vaultsync_syncs_total{result="unchanged"}"#).await;
+    env.wait_metric_at_least(r#"vaultsync_syncs_total{result="unchanged"}"#, unchanged + 1).await;
+    assert_eq!(env.vault.calls(Op::GetSecret) - reads, 1, "one routine refresh, one read");
+    env.finish().await;
 }

@@ -49,6 +49,7 @@ async fn a_shared_store_serves_only_the_objects_a_namespace_is_allowed() {
     assert!(env.secret("theirs").await.is_none());
     let events = vaultsync_e2e::controlplane::events_for(&env.ns, "VaultSecret", "theirs").await;
     assert!(events.iter().any(|e| e == "ObjectNotAllowed"), "{events:?}");
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -76,6 +77,7 @@ async fn namespaces_outside_the_conditions_are_refused() {
         .expect("labelling the namespace");
     env.annotate("labelled", "vaultsync.dev/force-sync", "after-label").await;
     env.wait_secret_value("labelled", "password", "db-secret-value").await;
+    env.finish().await;
 }
 
 #[tokio::test]
@@ -115,4 +117,5 @@ async fn store_status_reports_whether_the_store_works() {
     env.apply_store("no-secret", spec).await;
     let invalid = ready("no-secret", "InvalidSpec").await;
     assert!(invalid.message.contains("client secret Secret"), "{}", invalid.message);
+    env.finish().await;
 }

@@ -31,7 +31,7 @@ use vaultsync_csi::{
 };
 use vaultsync_e2e::{
     TestNamespace,
-    entra::{EntraServer, Federation},
+    entra::{ClientSecret, EntraServer, Federation},
     eventually,
     keyvault::KeyVaultServer,
     service_account_token,
@@ -243,18 +243,31 @@ pub struct Azure {
 
 impl Azure {
     pub async fn start(ns: &TestNamespace, accounts: &[(&str, &str)]) -> Azure {
-        let federations = accounts
-            .iter()
-            .map(|(account, client_id)| Federation {
+        Self::start_with_secrets(ns, accounts, &[]).await
+    }
+
+    /// Also with service principals: `(client ID, client secret)` pairs.
+    pub async fn start_with_secrets(ns: &TestNamespace, accounts: &[(&str, &str)], secrets: &[(&str, &str)]) -> Azure {
+        let access_token = format!("kv-access-{}", ns.name);
+        let mut entra = EntraServer::builder(Some(ns.client.clone()));
+        for (account, client_id) in accounts {
+            entra = entra.federation(Federation {
                 client_id: client_id.to_string(),
                 subject: format!("system:serviceaccount:{}:{account}", ns.name),
                 audience: AZURE_AUDIENCE.into(),
-                access_token: format!("kv-access-{}", ns.name),
-            })
-            .collect();
-        let entra = EntraServer::start(ns.client.clone(), federations).await.expect("the Entra test server");
+                access_token: access_token.clone(),
+            });
+        }
+        for (client_id, secret) in secrets {
+            entra = entra.client_secret(ClientSecret {
+                client_id: client_id.to_string(),
+                secret: secret.to_string(),
+                access_token: access_token.clone(),
+            });
+        }
+        let entra = entra.start().await.expect("the Entra test server");
         let vault = KeyVaultServer::start().await.expect("the Key Vault test server");
-        vault.require_bearer(Some(format!("kv-access-{}", ns.name)));
+        vault.require_bearer(Some(access_token));
         Azure { vault, entra }
     }
 

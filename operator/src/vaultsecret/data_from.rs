@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes};
 
-use super::{Context, NotSynced};
+use super::{Context, status::NotSynced};
 use crate::render;
 
 /// The keys one `dataFrom` entry gives: every field of an object (`extract`), or every object
@@ -22,19 +22,21 @@ pub(super) async fn data_from(
         let object = VaultObject { name: extract.name.clone(), version: extract.version.clone() };
         let secret = ctx.cache.get(store.backend.as_ref(), &object, max_age).await?;
         let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(secret.value.expose())
-            .map_err(|_| NotSynced {
-                reason: "InvalidValue",
-                message: format!("{} is not a JSON object, so its fields cannot be extracted", extract.name),
-                retry: Duration::from_secs(120),
+            .map_err(|_| {
+                NotSynced::new(
+                    "InvalidValue",
+                    format!("{} is not a JSON object, so its fields cannot be extracted", extract.name),
+                    Duration::from_secs(120),
+                )
             })?;
         let mut entries = Vec::new();
         for (field, value) in fields {
             if !valid_key(&field) {
-                return Err(NotSynced {
-                    reason: "InvalidValue",
-                    message: format!("{} has the field {field:?}, which is not a valid Secret key", extract.name),
-                    retry: Duration::from_secs(120),
-                });
+                return Err(NotSynced::new(
+                    "InvalidValue",
+                    format!("{} has the field {field:?}, which is not a valid Secret key", extract.name),
+                    Duration::from_secs(120),
+                ));
             }
             let bytes = match value {
                 serde_json::Value::String(text) => text.into_bytes(),
@@ -48,10 +50,17 @@ pub(super) async fn data_from(
     // Names outside the namespace's allowlist are skipped, not fetched.
     let names: Vec<String> =
         store.backend.list(&find.path).await?.into_iter().filter(|name| store.check_object(name).is_ok()).collect();
-    let mut entries = Vec::new();
+    // An empty result (a renamed or deleted folder, a narrowed allowlist) must not empty the Secret: refuse it.
+    if names.is_empty() {
+        return Err(NotSynced::new(
+            "NoObjectsFound",
+            format!("dataFrom.find found no object under {:?} that this namespace may read", find.path),
+            Duration::from_secs(120),
+        ));
+    }
+    let mut entries: Vec<(String, SecretBytes, String)> = Vec::new();
+    let mut origin = std::collections::BTreeMap::new();
     for name in names {
-        let secret = ctx.cache.get(store.backend.as_ref(), &VaultObject::latest(name.clone()), max_age).await?;
-        let value = render::decode(secret.value.expose().to_vec(), find.decoding, &name)?;
         let key: String = name
             .rsplit('/')
             .next()
@@ -59,6 +68,16 @@ pub(super) async fn data_from(
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
             .collect();
+        // Two names that become one key would overwrite each other: refuse, naming both.
+        if let Some(first) = origin.insert(key.clone(), name.clone()) {
+            return Err(NotSynced::new(
+                "KeyConflict",
+                format!("dataFrom.find: {first:?} and {name:?} both become the Secret key {key:?}"),
+                Duration::from_secs(120),
+            ));
+        }
+        let secret = ctx.cache.get(store.backend.as_ref(), &VaultObject::latest(name.clone()), max_age).await?;
+        let value = render::decode(secret.value.expose().to_vec(), find.decoding, &name)?;
         entries.push((key, SecretBytes::new(value), secret.version));
     }
     Ok(entries)

@@ -4,7 +4,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::time::Duration;
+use std::{
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -33,7 +37,14 @@ pub struct Env {
     pub metrics_port: u16,
     pub vault: KeyVaultServer,
     pub entra: EntraServer,
+    /// A client with exactly the chart's rights for the operator (its service account's token): every operator a
+    /// test runs uses it, so a right the chart lacks fails the test by behaviour.
+    pub operator_client: kube::Client,
     operator: Option<tokio::task::JoinHandle<()>>,
+    /// Secret values the test used outside the Key Vault test server (OpenBao values, credentials): scanned for
+    /// by [`Env::finish`] along with every value of the vault.
+    values: Mutex<Vec<String>>,
+    finished: bool,
 }
 
 impl Drop for Env {
@@ -41,23 +52,53 @@ impl Drop for Env {
         if let Some(op) = self.operator.take() {
             op.abort();
         }
-        // Every test: no value this test put in the vault may appear in the operator's logs.
         if !std::thread::panicking() {
-            let values = self.vault.all_values();
-            let values: Vec<&str> = values.iter().map(String::as_str).filter(|v| v.len() >= 4).collect();
-            assert_logs_free_of(&values);
+            vaultsync_e2e::liveness::check();
+            assert!(self.finished, "a test must end with `env.finish().await`, which scans for leaked values");
         }
     }
 }
 
-/// Captures the operator's logs (every run in this test binary), to scan for secret values.
+/// Log lines of every operator run in this test binary, to scan for secret values.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("log buffer poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn capture_logs() {
-    vaultsync_e2e::logs::capture();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info")
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    });
 }
 
 /// Fails if any of `values` appears in the captured operator logs.
 pub fn assert_logs_free_of(values: &[&str]) {
-    vaultsync_e2e::logs::assert_free_of(values);
+    let logs = LOGS.get().expect("logs captured").lock().expect("log lock");
+    let text = String::from_utf8_lossy(&logs);
+    assert!(!text.is_empty(), "the operator logged nothing: the scan would prove nothing");
+    assert_free_of(&text, "the operator's logs", values);
+}
+
+/// Fails if any of `values` appears in `text`; `what` names where the text came from.
+fn assert_free_of(text: &str, what: &str, values: &[&str]) {
+    for value in values {
+        assert!(!text.contains(value), "a secret value appears in {what} ({} bytes scanned)", text.len());
+    }
 }
 
 impl Env {
@@ -84,7 +125,17 @@ impl Env {
         let vault = KeyVaultServer::start().await.expect("vault");
         vault.require_bearer(Some(access_token));
         let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
-        let mut env = Env { ns, metrics_port, vault, entra, operator: None };
+        let operator_client = vaultsync_e2e::chart::operator_client(&ns, &[]).await;
+        let mut env = Env {
+            ns,
+            metrics_port,
+            vault,
+            entra,
+            operator_client,
+            operator: None,
+            values: Mutex::default(),
+            finished: false,
+        };
         env.apply_store("kv", env.store_spec()).await;
         env.start_operator();
         env
@@ -123,13 +174,51 @@ impl Env {
         self.start_operator_with(args);
     }
 
+    /// Runs the operator in process with the chart's rights; the test fails if it ends on its own.
     pub fn start_operator_with(&mut self, args: Args) {
-        let client = self.ns.client.clone();
-        self.operator = Some(tokio::spawn(async move {
-            if let Err(e) = vaultsync_operator::run_with_client(client, args).await {
-                panic!("operator failed: {e:#}");
-            }
-        }));
+        self.operator = Some(self.spawn_operator("the operator", args));
+    }
+
+    /// Runs another operator (a replica) in process with the chart's rights; the test fails if it ends on its own
+    /// unless the test aborts the returned task.
+    pub fn spawn_operator(&self, name: &str, args: Args) -> tokio::task::JoinHandle<()> {
+        let client = self.operator_client.clone();
+        vaultsync_e2e::liveness::spawn(name, vaultsync_operator::run_with_client(client, args))
+    }
+
+    /// Remembers secret values used outside the Key Vault test server, for [`Env::finish`]'s scan.
+    pub fn remember_values(&self, values: &[&str]) {
+        self.values.lock().expect("values lock").extend(values.iter().map(|v| v.to_string()));
+    }
+
+    /// Ends the test: no secret value of the test (every value of the vault, and those remembered) may appear in
+    /// the operator's logs, metrics, Events, or the status of any vaultsync object in the namespace; and the
+    /// operator must still be running. Then stops the operator.
+    pub async fn finish(mut self) {
+        vaultsync_e2e::liveness::check();
+        let mut values = self.vault.all_values();
+        values.extend(self.values.lock().expect("values lock").iter().cloned());
+        let values: Vec<&str> = values.iter().map(String::as_str).filter(|v| v.len() >= 4).collect();
+        assert_logs_free_of(&values);
+        if self.operator.is_some() {
+            let (code, metrics) = self.http_get("/metrics").await;
+            assert_eq!(code, 200, "the operator serves /metrics");
+            assert_free_of(&metrics, "the operator's metrics", &values);
+        }
+        let events = self.ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await;
+        let events = serde_json::to_string(&events.expect("listing Events").items).expect("events as JSON");
+        assert_free_of(&events, "the namespace's Events", &values);
+        let core_events = self.ns.api::<k8s_openapi::api::core::v1::Event>().list(&Default::default()).await;
+        let core_events = serde_json::to_string(&core_events.expect("listing Events").items).expect("JSON");
+        assert_free_of(&core_events, "the namespace's core Events", &values);
+        let statuses = self.ns.api::<VaultSecret>().list(&Default::default()).await.expect("listing VaultSecrets");
+        let statuses: Vec<_> = statuses.items.into_iter().map(|vs| vs.status).collect();
+        let stores = self.ns.api::<VaultStore>().list(&Default::default()).await.expect("listing VaultStores");
+        let stores: Vec<_> = stores.items.into_iter().map(|s| s.status).collect();
+        let text = serde_json::to_string(&(statuses, stores)).expect("statuses as JSON");
+        assert_free_of(&text, "the status of vaultsync objects", &values);
+        self.finished = true;
+        self.stop_operator().await;
     }
 
     pub async fn stop_operator(&mut self) {
@@ -185,8 +274,13 @@ impl Env {
 
     /// Waits until Secret `name` has `key` = `value`.
     pub async fn wait_secret_value(&self, name: &str, key: &str, value: &str) -> Secret {
+        self.wait_secret_value_within(name, key, value, Duration::from_secs(20)).await
+    }
+
+    /// Waits up to `timeout` until Secret `name` has `key` = `value`.
+    pub async fn wait_secret_value_within(&self, name: &str, key: &str, value: &str, timeout: Duration) -> Secret {
         let api = self.ns.api::<Secret>();
-        eventually(Duration::from_secs(20), &format!("Secret {name} to hold the expected {key}"), || {
+        eventually(timeout, &format!("Secret {name} to hold the expected {key}"), || {
             let api = api.clone();
             async move {
                 let secret = api.get_opt(name).await.ok()??;
@@ -207,6 +301,23 @@ impl Env {
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.metrics_port, path).await
     }
+
+    /// The sum of the operator's metric samples whose lines start with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> u64 {
+        metric_sum(self.metrics_port, prefix).await
+    }
+
+    /// Waits until the operator's metric samples starting with `prefix` add up to at least `count`: the positive
+    /// signal that it did something (looked at VaultSecrets, checked workloads) before a test asserts what it did
+    /// not do.
+    pub async fn wait_metric_at_least(&self, prefix: &str, count: u64) -> u64 {
+        let port = self.metrics_port;
+        eventually(Duration::from_secs(30), &format!("{prefix} to reach {count}"), || async move {
+            let value = metric_sum(port, prefix).await;
+            (value >= count).then_some(value)
+        })
+        .await
+    }
 }
 
 /// The sum of every sample of the metrics whose lines start with `prefix`, on `port`.
@@ -223,7 +334,10 @@ pub async fn metric_sum(port: u16, prefix: &str) -> u64 {
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        // Not listening (yet, or any more): status 0, for callers that wait or assert on the status.
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return (0, String::new());
+        };
         let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut answer = String::new();

@@ -106,8 +106,8 @@ async fn main() -> anyhow::Result<()> {
     if flags.count < 10 {
         bail!("--count must be at least 10 (a tenth of the objects is rotated)");
     }
-    if interval < Duration::from_secs(5) {
-        bail!("--interval must be at least 5s: a refresh cycle is measured over one interval");
+    if interval < Duration::from_secs(10) {
+        bail!("--interval must be at least 10s, the shortest refreshInterval a VaultSecret accepts");
     }
     if !flags.operator_bin.is_file() {
         bail!("--operator-bin {} is not a file", flags.operator_bin.display());

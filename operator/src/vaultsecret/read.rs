@@ -1,0 +1,81 @@
+//! Reading what a VaultSecret names: every `data` object and `dataFrom` entry, through the shared read cache and
+//! within the store's allowlist, rendered into Secret data with the version behind each key.
+
+use std::collections::BTreeMap;
+
+use futures::future::try_join_all;
+use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes, budget};
+
+use super::{Sync, data_from::data_from, plan, status::NotSynced};
+use crate::{
+    render::{self, SecretData},
+    stores::ResolvedStore,
+};
+
+/// What a read produced.
+pub(super) struct Fetched {
+    pub data: SecretData,
+    /// The vault version behind each key.
+    pub versions: BTreeMap<String, String>,
+}
+
+impl Sync<'_> {
+    /// Refuses, before any vault call, objects the store does not let this namespace read.
+    pub(super) fn check_allowed(&self, store: &ResolvedStore) -> Result<(), NotSynced> {
+        for item in &self.vs.spec.data {
+            store.check_object(&item.remote_ref.name)?;
+        }
+        for extract in self.vs.spec.data_from.iter().filter_map(|d| d.extract.as_ref()) {
+            store.check_object(&extract.name)?;
+        }
+        Ok(())
+    }
+
+    /// Reads and renders every key. Routine reads yield the store's request budget to other work.
+    pub(super) async fn read(&self, store: &ResolvedStore, read: plan::Read) -> Result<Fetched, NotSynced> {
+        let work = self.read_all(store, read);
+        let result = if read.routine { budget::routine(work).await } else { work.await };
+        // The reason a backend's `Unauthenticated` error reports.
+        if let Err(failure) = &result
+            && failure.reason == "AuthenticationFailed"
+        {
+            // A refused credential: build the store's backend again, so a rotated credential Secret is read anew.
+            self.ctx.stores.forget(&store.key);
+        }
+        result
+    }
+
+    async fn read_all(&self, store: &ResolvedStore, read: plan::Read) -> Result<Fetched, NotSynced> {
+        let reads = self.vs.spec.data.iter().map(|item| {
+            let object = VaultObject { name: item.remote_ref.name.clone(), version: item.remote_ref.version.clone() };
+            let (cache, backend) = (&self.ctx.cache, store.backend.clone());
+            async move { cache.get(backend.as_ref(), &object, read.max_age).await }
+        });
+        let fetched = try_join_all(reads).await?;
+        let mut data = SecretData::new();
+        let mut versions = BTreeMap::new();
+        // dataFrom first: a key also named in `data` takes its value from `data`. Two dataFrom entries giving one key
+        // are refused: which value wins would be an accident of order.
+        for (index, source) in self.vs.spec.data_from.iter().enumerate() {
+            for (key, value, version) in data_from(self.ctx, store, source, read.max_age).await? {
+                if data.contains_key(&key) {
+                    return Err(NotSynced::new(
+                        "KeyConflict",
+                        format!("dataFrom[{index}] gives the key {key:?}, which an earlier dataFrom entry gives too"),
+                        std::time::Duration::from_secs(120),
+                    ));
+                }
+                data.insert(key.clone(), value);
+                versions.insert(key, version);
+            }
+        }
+        for (item, secret) in self.vs.spec.data.iter().zip(fetched) {
+            let object = &item.remote_ref.name;
+            let value = render::extract(secret.value.expose(), item.remote_ref.property.as_deref(), object)
+                .and_then(|v| render::decode(v, item.remote_ref.decoding, object))?;
+            data.insert(item.secret_key.clone(), SecretBytes::new(value));
+            versions.insert(item.secret_key.clone(), secret.version);
+        }
+        Ok(Fetched { data, versions })
+    }
+}

@@ -1,0 +1,169 @@
+//! What a VaultSecret reports: its `Ready` condition and status (written with server-side apply, only when it
+//! changes), Events, and why a sync did not happen. Messages name objects and causes, never values.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Resource as _,
+    api::{Patch, PatchParams},
+    runtime::{controller::Action, events::EventType},
+};
+use serde_json::json;
+use tracing::warn;
+use vaultsync_api::{Condition, VaultSecret, VaultSecretStatus, condition::READY};
+
+use super::{Error, FIELD_MANAGER, Sync, jittered, timestamp};
+use crate::{render::RenderError, stores::StoreError};
+
+/// Why a sync did not happen; reported in the `Ready` condition and an Event. The Secret is left exactly as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NotSynced {
+    pub reason: &'static str,
+    pub message: String,
+    /// When to try again.
+    pub retry: Duration,
+}
+
+impl NotSynced {
+    pub fn new(reason: &'static str, message: impl Into<String>, retry: Duration) -> Self {
+        Self { reason, message: message.into(), retry }
+    }
+
+    /// The spec cannot work as written; retried slowly (a spec change wakes the VaultSecret anyway).
+    pub fn invalid_spec(message: impl Into<String>) -> Self {
+        Self::new("InvalidSpec", message, Duration::from_secs(300))
+    }
+
+    /// The apiserver refused or failed a request: its code and message (which never carry Secret data) are shown.
+    pub fn apiserver(reason: &'static str, doing: &str, error: &kube::Error) -> Self {
+        let detail = match error {
+            kube::Error::Api(status) => {
+                format!("the apiserver answered {} {}: {}", status.code, status.reason, status.message)
+            }
+            other => other.to_string(),
+        };
+        Self::new(reason, format!("{doing}: {detail}"), Duration::from_secs(30))
+    }
+}
+
+impl From<StoreError> for NotSynced {
+    fn from(e: StoreError) -> Self {
+        let retry = match e {
+            StoreError::NamespaceNotAllowed { .. } | StoreError::ObjectNotAllowed { .. } => Duration::from_secs(300),
+            _ => Duration::from_secs(30),
+        };
+        NotSynced::new(e.reason(), e.to_string(), retry)
+    }
+}
+
+impl From<vaultsync_backend::Error> for NotSynced {
+    fn from(e: vaultsync_backend::Error) -> Self {
+        let retry = match &e {
+            vaultsync_backend::Error::Throttled { retry_after } => retry_after.unwrap_or(Duration::from_secs(30)),
+            vaultsync_backend::Error::NotFound { .. } | vaultsync_backend::Error::Forbidden { .. } => {
+                Duration::from_secs(120)
+            }
+            _ => Duration::from_secs(30),
+        };
+        NotSynced::new(e.reason(), e.to_string(), retry)
+    }
+}
+
+impl From<RenderError> for NotSynced {
+    fn from(e: RenderError) -> Self {
+        NotSynced::new("InvalidValue", e.to_string(), Duration::from_secs(120))
+    }
+}
+
+// === impl Sync: status ===
+
+impl Sync<'_> {
+    /// The `Ready` condition, keeping the last transition time when the status does not change.
+    pub(super) fn condition(
+        &self,
+        old: &VaultSecretStatus,
+        status: &str,
+        reason: &str,
+        message: String,
+        now: Timestamp,
+    ) -> Condition {
+        let previous = old.conditions.iter().find(|c| c.type_ == READY);
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.to_string(),
+        };
+        Condition {
+            type_: READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time,
+            observed_generation: self.vs.metadata.generation,
+        }
+    }
+
+    /// Reports why the VaultSecret could not sync (condition and a Warning Event, once per distinct failure); the
+    /// Secret is not touched. Requeues after the failure's backoff.
+    pub(super) async fn not_synced(&self, failure: NotSynced) -> Result<Action, Error> {
+        let old = self.latest_status();
+        let condition = self.condition(&old, "False", failure.reason, failure.message.clone(), Timestamp::now());
+        self.ctx.metrics.sync(&format!("error_{}", failure.reason));
+        warn!(vaultsecret = %self.key(), reason = failure.reason, message = %failure.message, "not synced");
+        let unchanged = old.conditions.iter().any(|c| {
+            c.type_ == READY && c.status == "False" && c.reason == condition.reason && c.message == condition.message
+        }) && old.observed_generation == self.vs.metadata.generation;
+        if !unchanged {
+            self.event(EventType::Warning, failure.reason, failure.message).await;
+            let status = VaultSecretStatus {
+                conditions: vec![condition],
+                observed_generation: self.vs.metadata.generation,
+                ..old
+            };
+            self.patch_status(&status).await?;
+        }
+        Ok(Action::requeue(jittered(failure.retry)))
+    }
+
+    pub(super) async fn patch_status(&self, status: &VaultSecretStatus) -> Result<(), Error> {
+        let api: Api<VaultSecret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret", "status": status });
+        api.patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Kube { object: self.key(), source })?;
+        self.ctx.metrics.apiserver_write("apply", "vaultsecrets/status");
+        self.ctx.statuses.lock().expect("statuses lock").insert(self.map_key(), status.clone());
+        Ok(())
+    }
+
+    /// The latest status: the one this process last wrote, unless the object shows a later one (another writer, or
+    /// a newer generation acted on). The object a reconcile gets may not show our last write yet, and acting on the
+    /// older status would read the vault twice.
+    pub(super) fn latest_status(&self) -> VaultSecretStatus {
+        let seen = self.vs.status.clone().unwrap_or_default();
+        match self.ctx.statuses.lock().expect("statuses lock").get(&self.map_key()) {
+            Some(ours)
+                if timestamp(ours.synced_at.as_deref()) >= timestamp(seen.synced_at.as_deref())
+                    && ours.observed_generation >= seen.observed_generation =>
+            {
+                ours.clone()
+            }
+            _ => seen,
+        }
+    }
+
+    /// Publishes an Event on the VaultSecret; a failure to publish is logged, never fatal.
+    pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
+        let event = kube::runtime::events::Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        match self.ctx.recorder.publish(&event, &self.vs.object_ref(&())).await {
+            Ok(()) => self.ctx.metrics.apiserver_write("create", "events"),
+            Err(e) => warn!(error = %e, "publishing an event failed"),
+        }
+    }
+}

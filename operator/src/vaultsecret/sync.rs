@@ -1,0 +1,157 @@
+//! One sync of a VaultSecret, carrying out the [`plan`] decision: check the Secret against the recorded digest (and
+//! heal it from memory) when nothing is due, or resolve the store, check ownership, read, render, write only what
+//! changed, and report.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    ResourceExt as _,
+    runtime::{controller::Action, events::EventType},
+};
+use rand::Rng as _;
+use tracing::info;
+use vaultsync_api::VaultSecretStatus;
+
+use super::{
+    Error, Sync,
+    plan::{self, Decision, Facts, Interval, ReadReason},
+    status::NotSynced,
+    target::Target,
+};
+use crate::render;
+
+impl Sync<'_> {
+    pub(super) async fn sync(&self) -> Result<Action, Error> {
+        let status = self.latest_status();
+        let interval = match plan::refresh_interval(&self.vs.spec.refresh_interval) {
+            Ok(interval) => interval,
+            Err(message) => return self.not_synced(NotSynced::invalid_spec(message)).await,
+        };
+        if let Some(rollout) = &self.vs.spec.rollout
+            && let Err(message) = crate::rollout::debounce(rollout)
+        {
+            return self.not_synced(NotSynced::invalid_spec(message)).await;
+        }
+        let requested = self.ctx.requested.lock().expect("requested lock").remove(&self.map_key());
+        let facts = Facts {
+            interval,
+            status: &status,
+            generation: self.vs.metadata.generation,
+            force_annotation: self.vs.annotations().get(super::FORCE_SYNC).map(String::as_str),
+            requested,
+            now: Timestamp::now(),
+        };
+        let read = match plan::decide(&facts) {
+            Decision::Check { expected, next } => match self.check(&status, &expected).await {
+                Ok(true) => return Ok(next.map_or_else(Action::await_change, Action::requeue)),
+                Ok(false) => plan::Read::because(ReadReason::Drift, interval),
+                Err(failure) => return self.not_synced(failure).await,
+            },
+            Decision::Read(read) => read,
+        };
+        let force = plan::new_force_request(&facts).map(str::to_string).or(status.force_sync.clone());
+        match self.read_and_write(&status, interval, read, force).await {
+            Ok(action) => Ok(action),
+            Err(Failure::NotSynced(failure)) => self.not_synced(failure).await,
+            Err(Failure::Kube(error)) => Err(error),
+        }
+    }
+
+    /// Nothing is due: whether the Secret still holds what was written, healing it from memory if it was changed or
+    /// deleted. `false` when it differs and nothing remembers the content (after a restart): the vault is read.
+    async fn check(&self, status: &VaultSecretStatus, expected: &str) -> Result<bool, NotSynced> {
+        let keys: BTreeSet<String> = status.versions.keys().cloned().collect();
+        if self.secret_matches(expected, &keys).await? {
+            self.ctx.metrics.sync("checked");
+            return Ok(true);
+        }
+        let remembered = self
+            .ctx
+            .written
+            .lock()
+            .expect("written lock")
+            .get(&self.map_key())
+            .map(|w| (w.data.clone(), w.hmac.clone()));
+        let Some((data, hmac)) = remembered.filter(|(_, hmac)| hmac == expected) else { return Ok(false) };
+        info!(secret = %self.target, "restoring the Secret from the last synced values");
+        let target = self.target().await?;
+        self.write(target, &data, &hmac).await?;
+        self.ctx.metrics.sync("healed");
+        self.event(EventType::Normal, "Healed", format!("Secret {} was changed or deleted; restored", self.target))
+            .await;
+        Ok(true)
+    }
+
+    async fn read_and_write(
+        &self,
+        status: &VaultSecretStatus,
+        interval: Interval,
+        read: plan::Read,
+        force: Option<String>,
+    ) -> Result<Action, Failure> {
+        let store = self.ctx.stores.resolve(self.vs).await.map_err(NotSynced::from)?;
+        self.check_allowed(&store)?;
+        // Ownership before any vault call: a Secret this VaultSecret may not write costs the vault nothing.
+        let target = self.target().await?;
+        let fetched = self.read(&store, read).await?;
+        let hmac = render::data_hmac(&self.ctx.hmac_key, &fetched.data);
+        let content_changed = status.data_hmac.as_deref() != Some(hmac.as_str());
+        let keys: BTreeSet<String> = fetched.data.keys().cloned().collect();
+        let matches = !content_changed && target != Target::Absent && self.secret_matches(&hmac, &keys).await?;
+        if matches {
+            self.ctx.metrics.sync("unchanged");
+        } else {
+            self.write(target, &fetched.data, &hmac).await?;
+            self.ctx.metrics.sync("synced");
+            if content_changed {
+                let note =
+                    format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
+                self.event(EventType::Normal, "Synced", note).await;
+            }
+        }
+        let now = Timestamp::now();
+        let refresh = plan::next_refresh(now, interval, rand::rng().random_range(0.0..0.1));
+        let message = format!("{} key(s) synced from {}", fetched.data.len(), store.key);
+        let new_status = VaultSecretStatus {
+            conditions: vec![self.condition(status, "True", "Synced", message, now)],
+            observed_generation: self.vs.metadata.generation,
+            synced_at: Some(now.to_string()),
+            refresh_time: refresh.map(|t| t.to_string()),
+            versions: fetched.versions,
+            data_hmac: Some(hmac),
+            content_changed_at: if content_changed && status.data_hmac.is_some() {
+                Some(now.to_string())
+            } else {
+                status.content_changed_at.clone()
+            },
+            force_sync: force,
+        };
+        self.patch_status(&new_status).await.map_err(Failure::Kube)?;
+        if content_changed {
+            self.ctx.rollouts.vault_secret_synced(self.vs, &self.target);
+        }
+        Ok(match refresh {
+            Some(at) => Action::requeue(at.duration_since(now).unsigned_abs().max(Duration::from_secs(1))),
+            None => Action::await_change(),
+        })
+    }
+}
+
+/// How a read-and-write ends when it does not sync: a reason to report, or a failed status write.
+enum Failure {
+    NotSynced(NotSynced),
+    Kube(Error),
+}
+
+impl From<NotSynced> for Failure {
+    fn from(failure: NotSynced) -> Self {
+        Failure::NotSynced(failure)
+    }
+}
+
+impl From<crate::stores::StoreError> for Failure {
+    fn from(error: crate::stores::StoreError) -> Self {
+        Failure::NotSynced(error.into())
+    }
+}

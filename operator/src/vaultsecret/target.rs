@@ -1,0 +1,353 @@
+//! The target Secret: who owns what stands at its name, and writing it without ever losing a user's data.
+//!
+//! - A new Secret is created with a plain create, which fails if anything stands there: vaultsync never adopts a
+//!   Secret someone made a moment earlier. Ownership is checked before the vault is read.
+//! - A Secret vaultsync created is then written with server-side apply, so keys, labels and annotations it stops
+//!   writing go away while other managers' fields stay. (A create records its fields under an `Update` entry, which
+//!   apply would treat as another owner; that entry is handed to our apply identity before the first apply.)
+//! - `creationPolicy: Merge` applies only vaultsync's keys into someone's Secret, and never deletes it.
+//! - Only a Secret vaultsync created is ever deleted, to replace an immutable one whose content changed: the delete is
+//!   guarded by the uid and resourceVersion just read, and if the new Secret cannot be created the old content is put
+//!   back at once.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Resource as _, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
+    runtime::reflector::ObjectRef,
+};
+use tracing::{info, warn};
+use vaultsync_api::secret::CreationPolicy;
+use vaultsync_backend::SecretBytes;
+
+use super::{FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Sync, Written, status::NotSynced};
+use crate::render::{self, SecretData};
+
+/// On a Secret vaultsync created (rather than merged into): only such a Secret is ever deleted or replaced.
+pub const CREATED_LABEL: &str = "vaultsync.dev/created";
+
+/// What stands at the target's name, as far as this VaultSecret is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// Nothing: a new Secret is created.
+    Absent,
+    /// A Secret this VaultSecret created. `converted` tells whether its create-time fields already belong to our
+    /// apply identity.
+    Created { converted: bool },
+    /// Someone else's Secret that `creationPolicy: Merge` merges vaultsync's keys into.
+    MergeInto,
+}
+
+fn conflict(message: String) -> NotSynced {
+    NotSynced::new("OwnershipConflict", message, Duration::from_secs(120))
+}
+
+/// The index of our create-time (`Update`) entry in a Secret's managed fields, if any.
+fn update_entry(fields: Option<&Vec<ManagedFieldsEntry>>) -> Option<usize> {
+    fields?.iter().position(|f| f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Update"))
+}
+
+impl Sync<'_> {
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    /// Decides, from the Secret's metadata (our watch cache holds the Secrets vaultsync manages; any other is looked
+    /// up), whether this VaultSecret may write it and how. Refusals name the reason.
+    pub(super) async fn target(&self) -> Result<Target, NotSynced> {
+        let meta = match self.ctx.secrets.get(&ObjectRef::new(&self.target).within(&self.namespace)) {
+            Some(meta) => Some(meta.metadata.clone()),
+            None => self
+                .secrets()
+                .get_metadata_opt(&self.target)
+                .await
+                .map_err(|e| NotSynced::apiserver("SecretReadFailed", &format!("reading Secret {}", self.target), &e))?
+                .map(|m| m.metadata),
+        };
+        let merge = self.vs.spec.target.creation_policy == CreationPolicy::Merge;
+        let target = &self.target;
+        let Some(meta) = meta else {
+            return if merge {
+                Err(NotSynced::new(
+                    "TargetNotFound",
+                    format!("Secret {target} does not exist; creationPolicy Merge merges into an existing Secret"),
+                    Duration::from_secs(60),
+                ))
+            } else {
+                Ok(Target::Absent)
+            };
+        };
+        let labels = meta.labels.clone().unwrap_or_default();
+        let uid = self.vs.uid().unwrap_or_default();
+        let created_by_us = labels.get(CREATED_LABEL).map(String::as_str) == Some("true")
+            || meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid);
+        match labels.get(OWNER_LABEL) {
+            Some(owner) if *owner != self.name => {
+                Err(conflict(format!("Secret {target} is managed by VaultSecret {owner}")))
+            }
+            _ if merge => Ok(Target::MergeInto),
+            Some(_) if created_by_us => {
+                Ok(Target::Created { converted: update_entry(meta.managed_fields.as_ref()).is_none() })
+            }
+            Some(_) => Err(conflict(format!(
+                "Secret {target} was not created by vaultsync (keys were merged into it); keep creationPolicy Merge for it"
+            ))),
+            None => Err(conflict(format!(
+                "Secret {target} exists and is not managed by vaultsync; use creationPolicy Merge to merge into it"
+            ))),
+        }
+    }
+
+    /// The Secret vaultsync wants at the target, for a Secret it creates or owns.
+    fn desired(&self, data: &SecretData) -> Secret {
+        let spec = &self.vs.spec.target;
+        let mut labels = spec.labels.clone();
+        labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+        labels.insert(OWNER_LABEL.into(), self.name.clone());
+        labels.insert(CREATED_LABEL.into(), "true".into());
+        let owner_references = (spec.creation_policy == CreationPolicy::Owner)
+            .then(|| self.vs.controller_owner_ref(&()))
+            .flatten()
+            .map(|owner| vec![OwnerReference { block_owner_deletion: None, ..owner }]);
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.target.clone()),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(labels),
+                annotations: (!spec.annotations.is_empty()).then(|| spec.annotations.clone()),
+                owner_references,
+                ..Default::default()
+            },
+            type_: Some(spec.type_.clone().unwrap_or_else(|| "Opaque".into())),
+            data: Some(bytes(data)),
+            immutable: spec.immutable.then_some(true),
+            ..Default::default()
+        }
+    }
+
+    /// Writes `data` to the target as `target` allows, and remembers what was written.
+    pub(super) async fn write(&self, target: Target, data: &SecretData, hmac: &str) -> Result<(), NotSynced> {
+        let written = match target {
+            Target::Absent => self.create(data).await?,
+            Target::Created { converted } => self.apply_created(data, converted).await?,
+            Target::MergeInto => self.apply_merge(data).await?,
+        };
+        self.remember(&written, data, hmac);
+        Ok(())
+    }
+
+    /// Creates the Secret; if one appeared since ownership was checked, decides again rather than adopt it.
+    async fn create(&self, data: &SecretData) -> Result<Secret, NotSynced> {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match self.secrets().create(&params, &self.desired(data)).await {
+            Ok(created) => {
+                self.ctx.metrics.apiserver_write("create", "secrets");
+                info!(secret = %self.target, "created the Secret");
+                Ok(created)
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let late = format!("Secret {} was created by someone else before vaultsync's first write", self.target);
+                match self.target().await {
+                    // Our own create, retried after a timeout: carry on with it.
+                    Ok(Target::Created { converted }) => self.apply_created(data, converted).await,
+                    Ok(Target::Absent) => Err(NotSynced::new(
+                        "SecretWriteFailed",
+                        format!("{late}, and deleted again; trying again"),
+                        Duration::from_secs(5),
+                    )),
+                    Ok(Target::MergeInto) => Err(conflict(format!("{late}; it is left alone"))),
+                    Err(refused) if refused.reason == "OwnershipConflict" => {
+                        Err(conflict(format!("{late}; it is left alone ({})", refused.message)))
+                    }
+                    Err(other) => Err(other),
+                }
+            }
+            Err(e) => Err(NotSynced::apiserver("SecretWriteFailed", &format!("creating Secret {}", self.target), &e)),
+        }
+    }
+
+    /// Server-side apply of the whole Secret vaultsync created; an immutable one whose content changed is replaced.
+    async fn apply_created(&self, data: &SecretData, converted: bool) -> Result<Secret, NotSynced> {
+        if !converted {
+            self.convert_create_fields().await?;
+        }
+        let desired = self.desired(data);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match self.secrets().patch(&self.target, &params, &Patch::Apply(&desired)).await {
+            Ok(applied) => {
+                self.ctx.metrics.apiserver_write("apply", "secrets");
+                Ok(applied)
+            }
+            Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("immutable") => {
+                self.replace(desired).await
+            }
+            Err(e) => Err(NotSynced::apiserver("SecretWriteFailed", &format!("writing Secret {}", self.target), &e)),
+        }
+    }
+
+    /// Hands the fields our create recorded (an `Update` entry) to our apply identity, so a later apply can remove
+    /// what it stops writing. Guarded by JSON patch tests: another writer's change of the entries makes it fail
+    /// harmlessly, and it is retried.
+    async fn convert_create_fields(&self) -> Result<(), NotSynced> {
+        let current =
+            self.secrets().get_metadata(&self.target).await.map_err(|e| {
+                NotSynced::apiserver("SecretReadFailed", &format!("reading Secret {}", self.target), &e)
+            })?;
+        let Some(index) = update_entry(current.metadata.managed_fields.as_ref()) else { return Ok(()) };
+        let path = format!("/metadata/managedFields/{index}");
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            { "op": "test", "path": format!("{path}/manager"), "value": FIELD_MANAGER },
+            { "op": "test", "path": format!("{path}/operation"), "value": "Update" },
+            { "op": "replace", "path": format!("{path}/operation"), "value": "Apply" },
+        ]))
+        .expect("a valid JSON patch");
+        self.secrets().patch(&self.target, &PatchParams::default(), &Patch::<()>::Json(patch)).await.map_err(|e| {
+            NotSynced::apiserver("SecretWriteFailed", &format!("taking over Secret {}", self.target), &e)
+        })?;
+        self.ctx.metrics.apiserver_write("patch", "secrets");
+        Ok(())
+    }
+
+    /// Merges vaultsync's keys into someone's Secret with server-side apply: their keys, type and settings stay.
+    async fn apply_merge(&self, data: &SecretData) -> Result<Secret, NotSynced> {
+        let body = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": { "name": self.target, "labels": { MANAGED_BY.0: MANAGED_BY.1, OWNER_LABEL: self.name } },
+            "data": bytes(data),
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match self.secrets().patch(&self.target, &params, &Patch::Apply(&body)).await {
+            Ok(applied) => {
+                self.ctx.metrics.apiserver_write("apply", "secrets");
+                Ok(applied)
+            }
+            Err(kube::Error::Api(status)) if status.code == 422 && status.message.contains("immutable") => {
+                Err(NotSynced::new(
+                    "TargetImmutable",
+                    format!(
+                        "Secret {} is immutable, so creationPolicy Merge cannot change its keys; vaultsync never \
+                         deletes a Secret it did not create",
+                        self.target
+                    ),
+                    Duration::from_secs(300),
+                ))
+            }
+            Err(e) => {
+                Err(NotSynced::apiserver("SecretWriteFailed", &format!("merging into Secret {}", self.target), &e))
+            }
+        }
+    }
+
+    /// Replaces an immutable Secret vaultsync created: delete exactly the object just read, create the new one, and
+    /// if that fails put the old one back.
+    async fn replace(&self, desired: Secret) -> Result<Secret, NotSynced> {
+        let api = self.secrets();
+        let what = format!("replacing immutable Secret {}", self.target);
+        let old = api.get(&self.target).await.map_err(|e| NotSynced::apiserver("SecretWriteFailed", &what, &e))?;
+        if old.labels().get(CREATED_LABEL).map(String::as_str) != Some("true")
+            && !old.owner_references().iter().any(|o| Some(&o.uid) == self.vs.uid().as_ref())
+        {
+            return Err(conflict(format!("Secret {} was not created by vaultsync; it is not replaced", self.target)));
+        }
+        let preconditions = Preconditions { uid: old.uid(), resource_version: old.resource_version() };
+        let delete = DeleteParams { preconditions: Some(preconditions), ..Default::default() };
+        api.delete(&self.target, &delete).await.map_err(|e| NotSynced::apiserver("SecretWriteFailed", &what, &e))?;
+        self.ctx.metrics.apiserver_write("delete", "secrets");
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let failure = match api.create(&params, &desired).await {
+            Ok(created) => {
+                self.ctx.metrics.apiserver_write("create", "secrets");
+                info!(secret = %self.target, "replaced the immutable Secret");
+                return Ok(created);
+            }
+            Err(e) => e,
+        };
+        // Put the old content back: the Secret must not stay deleted because the second write failed.
+        let restored = Secret {
+            metadata: ObjectMeta {
+                name: old.metadata.name.clone(),
+                namespace: old.metadata.namespace.clone(),
+                labels: old.metadata.labels.clone(),
+                annotations: old.metadata.annotations.clone(),
+                owner_references: old.metadata.owner_references.clone(),
+                ..Default::default()
+            },
+            ..old
+        };
+        for attempt in 0..5u32 {
+            match api.create(&params, &restored).await {
+                Ok(_) => {
+                    self.ctx.metrics.apiserver_write("create", "secrets");
+                    return Err(NotSynced::apiserver(
+                        "SecretWriteFailed",
+                        &format!("{what} (its previous content was restored)"),
+                        &failure,
+                    ));
+                }
+                Err(e) => {
+                    warn!(secret = %self.target, attempt, error = %e, "restoring the replaced Secret failed");
+                    tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt)).await;
+                }
+            }
+        }
+        Err(NotSynced::apiserver(
+            "SecretWriteFailed",
+            &format!("{what}; restoring its previous content failed too, it is recreated on the next sync"),
+            &failure,
+        ))
+    }
+
+    /// Whether the target Secret holds the content whose digest is `expected` over `keys`: known from our last write
+    /// when the Secret's resourceVersion is unchanged, else read once and compared.
+    pub(super) async fn secret_matches(&self, expected: &str, keys: &BTreeSet<String>) -> Result<bool, NotSynced> {
+        let cached = self.ctx.secrets.get(&ObjectRef::new(&self.target).within(&self.namespace));
+        let cached_version = cached.and_then(|m| m.resource_version());
+        if let Some(w) = self.ctx.written.lock().expect("written lock").get(&self.map_key())
+            && w.secret == self.target
+            && cached_version.as_ref() == Some(&w.resource_version)
+        {
+            return Ok(w.hmac == expected);
+        }
+        // After a restart, when someone else wrote, or while our cache has not seen our own write yet: compare what
+        // is there.
+        let secret =
+            self.secrets().get_opt(&self.target).await.map_err(|e| {
+                NotSynced::apiserver("SecretReadFailed", &format!("reading Secret {}", self.target), &e)
+            })?;
+        let Some(secret) = secret else { return Ok(false) };
+        if secret.labels().get(OWNER_LABEL) != Some(&self.name) {
+            return Ok(false);
+        }
+        let stored = secret.data.clone().unwrap_or_default();
+        let ours: SecretData =
+            keys.iter().filter_map(|k| stored.get(k).map(|v| (k.clone(), SecretBytes::new(v.0.clone())))).collect();
+        let hmac = render::data_hmac(&self.ctx.hmac_key, &ours);
+        let matches = hmac == expected && ours.len() == keys.len();
+        if matches {
+            self.remember(&secret, &ours, &hmac);
+        }
+        Ok(matches)
+    }
+
+    /// Remembers what the Secret holds after our write (or check): heals drift without a vault read.
+    fn remember(&self, secret: &Secret, data: &SecretData, hmac: &str) {
+        self.ctx.written.lock().expect("written lock").insert(
+            self.map_key(),
+            Written {
+                secret: self.target.clone(),
+                resource_version: secret.resource_version().unwrap_or_default(),
+                data: data.clone(),
+                hmac: hmac.into(),
+            },
+        );
+    }
+}
+
+fn bytes(data: &SecretData) -> std::collections::BTreeMap<String, ByteString> {
+    data.iter().map(|(k, v)| (k.clone(), ByteString(v.expose().to_vec()))).collect()
+}
