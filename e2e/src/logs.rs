@@ -26,7 +26,7 @@ pub fn capture() {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = buffer.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info,kube=info")
+            .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info")
             .with_writer(move || LogWriter(writer.clone()))
             .try_init();
         buffer
