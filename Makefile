@@ -6,16 +6,17 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test crds lint demo bench bench-rollout clean-cache
+.PHONY: all tools test crds lint demo bench bench-rollout bench-csi clean-cache
 
 all: test
 
-## tools: build the local control plane, its node and the node's images, install the backend servers and the Azure
-## SDK (cached)
+## tools: build the local control plane, its node and the node's images, the CSI test tools, install the backend
+## servers and the Azure SDK (cached)
 tools:
 	@scripts/build-controlplane.sh
 	@scripts/build-node.sh
 	@scripts/build-images.sh
+	@scripts/build-csi-tools.sh
 	@scripts/install-emulators.sh
 	@scripts/install-azure-sdk.sh
 
@@ -33,6 +34,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd e2e/controlplane && test -z "$$(gofmt -l .)" && go vet .
+	cd e2e/csi-tools/mlog && test -z "$$(gofmt -l .)" && go vet .
 
 ## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops); NODE=1 adds a
 ## node and a pod that prints the Secret it reads, before and after the rotation
@@ -49,6 +51,12 @@ bench: tools
 ## bench-rollout: rotation-to-new-ReplicaSet latency by polling and by Event Grid, reads per rotation
 bench-rollout: tools
 	$(CARGO) run --release --locked -q -p vaultsync-tools --bin vaultsync-rollout-bench -- $(ROLLOUT_BENCH_FLAGS)
+
+## bench-csi: CSI node plugin figures (release build, real tmpfs mounts; run as root); CSI_BENCH_FLAGS="--volumes 300"
+CSI_BENCH_FLAGS ?=
+bench-csi: tools
+	$(CARGO) build --release --locked -p vaultsync-csi -p vaultsync-tools --bin vaultsync-csi --bin vaultsync-csi-bench
+	$(CARGO_TARGET_DIR)/release/vaultsync-csi-bench --plugin-bin $(CARGO_TARGET_DIR)/release/vaultsync-csi $(CSI_BENCH_FLAGS)
 
 ## clean-cache: remove every build cache and installed tool
 clean-cache:

@@ -12,6 +12,7 @@ pub mod controlplane;
 pub mod entra;
 pub mod keyvault;
 pub mod liveness;
+pub mod logs;
 pub mod node;
 pub mod openbao;
 pub mod process;

@@ -528,3 +528,94 @@ async fn the_event_grid_endpoint_reaches_the_leader_only() {
     let apply = tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(on)).await;
     assert_success(&apply, "kubectl apply --dry-run=server (Event Grid on)");
 }
+
+// === The CSI plugin (csi.enabled) ===
+
+/// The CSI plugin's objects (labelled component `csi`) of the chart rendered with `extra` values.
+async fn render_csi(tools: &HelmTools, namespace: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--set", "csi.enabled=true"];
+    args.extend_from_slice(extra);
+    let yaml = tools.render(namespace, &args).await;
+    let csi: Vec<&str> =
+        documents(&yaml).into_iter().filter(|d| d.contains("app.kubernetes.io/component: csi")).collect();
+    csi.join("\n---\n")
+}
+
+#[tokio::test]
+async fn csi_node_plugin_chart_is_accepted_and_least_privileged() {
+    let ns = TestNamespace::new("helm-csi").await;
+    let tools = HelmTools::new();
+    for extra in [&["--set", "csi.enabled=true"][..], &["--set", "csi.enabled=true", "--set", "csi.mode=provider"][..]]
+    {
+        let mut args = vec!["lint", "--strict", CHART];
+        args.extend_from_slice(extra);
+        let out = tools.helm(&args).await;
+        assert_success(&out, "helm lint");
+        assert!(!text(&out).contains("[WARNING]") && !text(&out).contains("[ERROR]"), "{}", text(&out));
+    }
+    let bogus = tools.helm(&["template", "vs", CHART, "--set", "csi.enabled=true", "--set", "csi.mode=both"]).await;
+    assert!(!bogus.status.success() && text(&bogus).contains("/csi/mode"), "{}", text(&bogus));
+
+    let yaml = render_csi(&tools, &ns.name, &["--set", "csi.caBundle=-----BEGIN CERTIFICATE-----"]).await;
+    let apply =
+        tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(yaml.clone())).await;
+    assert_success(&apply, "kubectl apply --dry-run=server of the CSI objects");
+    let driver = one_of_kind(&yaml, "CSIDriver");
+    for fact in [
+        "name: secrets.vaultsync.dev",
+        "attachRequired: false",
+        "podInfoOnMount: true",
+        "- Ephemeral",
+        "requiresRepublish: true",
+        "audience: \"api://AzureADTokenExchange\"",
+        "audience: \"vault\"",
+    ] {
+        assert!(driver.contains(fact), "the CSIDriver lacks {fact:?}:\n{driver}");
+    }
+    let daemonset = one_of_kind(&yaml, "DaemonSet");
+    for fact in [
+        "image: \"ghcr.io/vaultsync/vaultsync-csi:0.1.0\"",
+        "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0",
+        "--kubelet-registration-path=/var/lib/kubelet/plugins/secrets.vaultsync.dev/csi.sock",
+        "mountPropagation: Bidirectional",
+        "path: /var/lib/kubelet/pods",
+        "path: /var/lib/kubelet/plugins_registry",
+        "value: unix:///csi/csi.sock",
+        "fieldPath: spec.nodeName",
+        "- name: VAULTSYNC_CA_BUNDLE_FILE",
+        "readOnlyRootFilesystem: true",
+    ] {
+        assert!(daemonset.contains(fact), "the DaemonSet lacks {fact:?}:\n{daemonset}");
+    }
+    // Privileged only where mounting needs it: the plugin container, not the registrar.
+    assert_eq!(daemonset.matches("privileged: true").count(), 1, "{daemonset}");
+    let registrar = daemonset.split("- name: node-driver-registrar").nth(1).expect("the registrar container");
+    assert!(registrar.contains("privileged: false") && registrar.contains("- ALL"), "{registrar}");
+    // The plugin reads no Secret and requests no token: the pod's come from kubelet.
+    let cluster_role = one_of_kind(&yaml, "ClusterRole");
+    assert!(!cluster_role.contains('*'), "the CSI ClusterRole has a wildcard:\n{cluster_role}");
+    for forbidden in ["\"secrets\"", "serviceaccounts/token"] {
+        assert!(!cluster_role.contains(forbidden), "the CSI ClusterRole grants {forbidden}:\n{cluster_role}");
+    }
+    for verbs in cluster_role.lines().filter(|l| l.trim_start().starts_with("verbs:")) {
+        let read_only = verbs
+            .split(['[', ']', ',', '"', ' '])
+            .filter(|w| !w.is_empty() && *w != "verbs:")
+            .all(|w| matches!(w, "get" | "list" | "watch"));
+        assert!(read_only, "the CSI ClusterRole may only read: {verbs}");
+    }
+
+    // Provider-only mode: no CSIDriver, no privilege, the socket folder of the Secrets Store CSI Driver.
+    let provider = render_csi(&tools, &ns.name, &["--set", "csi.mode=provider"]).await;
+    let apply =
+        tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(provider.clone())).await;
+    assert_success(&apply, "kubectl apply --dry-run=server of provider mode");
+    assert!(of_kind(&provider, "CSIDriver").is_empty(), "provider mode has no CSIDriver:\n{provider}");
+    let daemonset = one_of_kind(&provider, "DaemonSet");
+    for fact in ["path: /var/run/secrets-store-csi-providers", "value: /provider", "privileged: false", "- ALL"] {
+        assert!(daemonset.contains(fact), "the provider DaemonSet lacks {fact:?}:\n{daemonset}");
+    }
+    for absent in ["privileged: true", "Bidirectional", "node-driver-registrar"] {
+        assert!(!daemonset.contains(absent), "the provider DaemonSet has {absent:?}:\n{daemonset}");
+    }
+}

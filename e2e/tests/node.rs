@@ -20,7 +20,7 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRole, Role},
 };
 use kube::{
-    Api,
+    Api, ResourceExt as _,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -317,11 +317,12 @@ async fn the_chart_runs_the_operator_on_the_node_as_its_service_account() {
     // It syncs a VaultSecret with the chart's rights only: a missing rule would fail here.
     let azure = AzureVault::start(&ns).await;
     sync_db_password(&ns, &azure, "first-value").await;
-    let vs = ns.api::<VaultSecret>().get("db").await.expect("the VaultSecret");
-    assert!(
-        vs.metadata.finalizers.iter().flatten().any(|f| f.starts_with("vaultsync.dev/")),
-        "the operator put its finalizer on the VaultSecret: {:?}",
-        vs.metadata.finalizers
+    let secret = ns.api::<Secret>().get("db").await.expect("the Secret");
+    assert_eq!(
+        secret.labels().get("vaultsync.dev/created").map(String::as_str),
+        Some("true"),
+        "the operator created the Secret (and said so): {:?}",
+        secret.labels()
     );
 
     // No right beyond the chart's Role and ClusterRole reaches the service account (no other binding applies);

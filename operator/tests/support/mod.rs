@@ -4,11 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::Secret;
@@ -48,48 +44,24 @@ impl Drop for Env {
         if !std::thread::panicking() {
             vaultsync_e2e::liveness::check();
             assert!(self.finished, "a test must end with `env.finish().await`, which scans for leaked values");
-        } else if let Some(logs) = LOGS.get() {
+        } else {
             // A failed test: keep the operator's logs (of this test binary) next to the other test logs.
             let file = vaultsync_e2e::process::log_dir().join(format!("operator-{}.log", self.ns.name));
-            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
-            if std::fs::write(&file, logs).is_ok() {
+            if std::fs::write(&file, vaultsync_e2e::logs::text()).is_ok() {
                 eprintln!("the operator's logs: {}", file.display());
             }
         }
     }
 }
 
-/// Log lines of every operator run in this test binary, to scan for secret values.
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("log buffer poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
+/// Captures the logs of every operator run in this test binary, to scan for secret values.
 fn capture_logs() {
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug,hyper=info,h2=info,rustls=info,tower=info")
-            .with_writer(move || LogWriter(writer.clone()))
-            .try_init();
-        buffer
-    });
+    vaultsync_e2e::logs::capture();
 }
 
 /// Fails if any of `values` appears in the captured operator logs.
 pub fn assert_logs_free_of(values: &[&str]) {
-    let logs = LOGS.get().expect("logs captured").lock().expect("log lock");
-    let text = String::from_utf8_lossy(&logs);
+    let text = vaultsync_e2e::logs::text();
     assert!(!text.is_empty(), "the operator logged nothing: the scan would prove nothing");
     assert_free_of(&text, "the operator's logs", values);
 }

@@ -42,6 +42,7 @@ use vaultsync_e2e::{
     process::{free_port, log_dir, tool},
     tls::TestCa,
 };
+use vaultsync_tools::csi_demo::{self, CsiDemo};
 
 const NAMESPACE: &str = "demo";
 const READER_SA: &str = "vaultsync-reader";
@@ -58,7 +59,7 @@ const VAULT_OBJECT: &str = "demo-db-password";
 const REFRESH_INTERVAL: &str = "15s";
 const FORCE_SYNC: &str = "vaultsync.dev/force-sync";
 const FIELD_MANAGER: &str = "vaultsync-demo";
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
@@ -346,8 +347,41 @@ async fn demo(files: &DemoFiles, with_node: bool) -> anyhow::Result<()> {
         show_pod_reading(&pods, "demo-password-v3", &mut operator).await?;
     }
 
-    // 6. Exploring.
-    step(6, "Look around; everything keeps running until Ctrl-C");
+    // 6. Files in a pod.
+    step(6, "Mounting the secret as a file for a pod, through the CSI node plugin");
+    let endpoints = csi_demo::Endpoints {
+        authority_host: entra.authority_host(),
+        vault_url: &vault.url(),
+        ca_file: &files.ca_file,
+    };
+    let mut csi = CsiDemo::start(&files.dir, &endpoints).await?;
+    say(format!("The plugin runs in process on {}; kubelet would call it for this pod volume:", csi.socket.display()));
+    let attributes = CsiDemo::volume_attributes(TENANT_ID, CLIENT_ID, VAULT_OBJECT);
+    let volume = json!({ "name": "secrets", "csi": { "driver": "secrets.vaultsync.dev", "readOnly": true,
+        "volumeAttributes": attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>() } });
+    print!("{}", indent(&to_yaml(&volume), 6));
+    say(format!(
+        "Publishing it for pod {NAMESPACE}/web-0 of service account {READER_SA}, with a token of that account"
+    ));
+    say("(the plugin reads as the pod, never as vaultsync) ...");
+    csi.publish(&accounts, READER_SA, attributes).await?;
+    let (listing, tmpfs) = csi.listing()?;
+    say(format!("{}  ({})", csi.target.display(), if tmpfs { "a tmpfs" } else { "a plain folder: not root" }));
+    for line in listing {
+        say(format!("  {line}"));
+    }
+    let version = vault.set_secret(VAULT_OBJECT, "demo-password-v4");
+    say(format!("{VAULT_OBJECT} = demo-password-v4  (version {version}); kubelet publishes again every minute:"));
+    csi.republish().await?;
+    for line in csi.listing()?.0 {
+        say(format!("  {line}"));
+    }
+    say("The new payload folder was swapped in with one rename of ..data: readers never see a mix.");
+    csi.stop().await?;
+    say("Unpublished: unmounted and removed.");
+
+    // 7. Exploring.
+    step(7, "Look around; everything keeps running until Ctrl-C");
     let kubectl = tool("kubectl")?;
     say("Kubernetes:");
     say(format!("  export KUBECONFIG={}", control_plane.kubeconfig_path().display()));

@@ -1,0 +1,144 @@
+//! The store forms end to end: `vaultSecret: <name>` and `storeRef` + `objects`, resolved against
+//! the real apiserver with the pod's identity (a VaultStore's workload identity is the pod's own
+//! service account), a ClusterVaultStore's namespace conditions and object allowlists checked
+//! before any vault call; both modes.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::*;
+use tonic::Code;
+use vaultsync_api::{ClusterVaultStore, VaultSecret, VaultStore};
+use vaultsync_csi::proto::provider::MountRequest;
+use vaultsync_e2e::{TestNamespace, install_crds, keyvault::Op, tls::TestCa};
+
+fn mount(attributes: &BTreeMap<String, String>) -> MountRequest {
+    MountRequest {
+        attributes: serde_json::to_string(attributes).expect("JSON"),
+        secrets: "null".into(),
+        target_path: "/unused".into(),
+        permission: "420".into(),
+        current_object_version: Vec::new(),
+    }
+}
+
+/// An Azure store on the test servers with workload identity. Its `serviceAccountRef` is the
+/// operator's reader; the CSI side uses each pod's own account instead.
+fn azure_store(azure: &Azure, client_id: &str, namespace: &str) -> serde_json::Value {
+    json!({ "azureKeyVault": {
+        "vaultUrl": azure.vault.url(), "tenantId": TENANT, "cloud": "Custom",
+        "authorityHost": azure.entra.authority_host(), "caBundle": TestCa::shared().ca_pem(),
+        "auth": { "workloadIdentity": {
+            "serviceAccountRef": { "name": "operator-reader", "namespace": namespace }, "clientId": client_id } },
+    }})
+}
+
+#[tokio::test]
+async fn a_vault_secret_is_mounted_with_the_pods_identity_in_both_modes() {
+    let ns = TestNamespace::new("csi-s-vs").await;
+    install_crds(&ns.client).await;
+    service_account(&ns, "web").await;
+    let azure = Azure::start(&ns, &[("web", "app-web")]).await;
+    azure.vault.set_secret("db-password", "vs-password");
+    azure.vault.set_secret("db-config", r#"{"host":"db.internal","port":5432}"#);
+    let apply = PatchParams::apply("test").force();
+    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
+        "spec": { "provider": azure_store(&azure, "app-web", &ns.name) } });
+    ns.api::<VaultStore>().patch("kv", &apply, &Patch::Apply(&store)).await.expect("VaultStore");
+    let vault_secret = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret", "metadata": { "name": "db-files" },
+        "spec": { "storeRef": { "name": "kv" }, "data": [
+            { "secretKey": "password", "remoteRef": { "name": "db-password" } },
+            { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
+        ] } });
+    ns.api::<VaultSecret>().patch("db-files", &apply, &Patch::Apply(&vault_secret)).await.expect("VaultSecret");
+    let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
+
+    // Mode 1: a SecretProviderClass with `vaultSecret: db-files`.
+    let mut attributes = pod_attributes(&ns, "web", "web-0", &[AZURE_AUDIENCE]).await;
+    attributes.insert("vaultSecret".into(), "db-files".into());
+    let response = plugin.provider().await.mount(mount(&attributes)).await.expect("Mount").into_inner();
+    let files: BTreeMap<_, _> =
+        response.files.iter().map(|f| (f.path.clone(), String::from_utf8(f.contents.clone()).unwrap())).collect();
+    assert_eq!(
+        files,
+        BTreeMap::from([("host".into(), "db.internal".into()), ("password".into(), "vs-password".into())])
+    );
+
+    // Mode 2: an inline volume naming the VaultSecret by the attribute rollouts know.
+    let mut context = pod_attributes(&ns, "web", "web-1", &[AZURE_AUDIENCE]).await;
+    context.insert("vaultsync.dev/vaultsecret".into(), "db-files".into());
+    let target = plugin.target("vs");
+    let mut node = plugin.node().await;
+    node.node_publish_volume(publish_request("csi-vs", &target, context)).await.expect("NodePublishVolume");
+    assert_eq!(read_volume(&target)["password"], "vs-password");
+    assert_eq!(azure.vault.calls(Op::GetSecret), 2, "the second pod of the account shared the reads");
+    node.node_unpublish_volume(unpublish_request("csi-vs", &target)).await.expect("unpublish");
+
+    // A VaultSecret that does not exist.
+    attributes.insert("vaultSecret".into(), "missing".into());
+    let error = plugin.provider().await.mount(mount(&attributes)).await.expect_err("no such VaultSecret");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("vaultSecret") && error.message().contains("missing"), "{}", error.message());
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn a_cluster_store_refuses_other_namespaces_and_objects_before_any_vault_call() {
+    let ns = TestNamespace::new("csi-s-cvs").await;
+    let other = TestNamespace::new("csi-s-other").await;
+    install_crds(&ns.client).await;
+    service_account(&ns, "web").await;
+    service_account(&other, "web").await;
+    let azure = Azure::start(&ns, &[("web", "app-web")]).await;
+    azure.vault.set_secret("app-db", "allowed-value");
+    azure.vault.set_secret("other-db", "forbidden-value");
+    let name = format!("shared-{}", ns.name);
+    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "ClusterVaultStore", "metadata": { "name": name },
+        "spec": { "provider": azure_store(&azure, "app-web", &ns.name),
+            "conditions": [{ "namespaces": [ns.name], "allowedObjects": ["app-*"] }] } });
+    kube::Api::<ClusterVaultStore>::all(ns.client.clone())
+        .patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&store))
+        .await
+        .expect("ClusterVaultStore");
+    let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
+    let mut provider = plugin.provider().await;
+    let parameters = |object: &str| {
+        BTreeMap::from([
+            ("storeRef".to_string(), name.clone()),
+            ("storeKind".to_string(), "ClusterVaultStore".to_string()),
+            ("objects".to_string(), format!("- objectName: {object}\n  fileName: db\n")),
+        ])
+    };
+
+    let mut allowed = pod_attributes(&ns, "web", "web-0", &[AZURE_AUDIENCE]).await;
+    allowed.extend(parameters("app-db"));
+    let response = provider.mount(mount(&allowed)).await.expect("an allowed object").into_inner();
+    assert_eq!(response.files[0].contents, b"allowed-value");
+    assert_eq!(response.object_version[0].id, "secret/app-db");
+
+    let mut object = pod_attributes(&ns, "web", "web-1", &[AZURE_AUDIENCE]).await;
+    object.extend(parameters("other-db"));
+    let error = provider.mount(mount(&object)).await.expect_err("an object outside the allowlist");
+    assert_eq!(error.code(), Code::PermissionDenied);
+    assert!(error.message().contains("object other-db"), "{}", error.message());
+
+    let mut namespace = pod_attributes(&other, "web", "web-0", &[AZURE_AUDIENCE]).await;
+    namespace.extend(parameters("app-db"));
+    let error = provider.mount(mount(&namespace)).await.expect_err("a namespace the store does not admit");
+    assert_eq!(error.code(), Code::PermissionDenied);
+    assert!(error.message().contains(&other.name), "{}", error.message());
+    assert_eq!(azure.vault.calls(Op::GetSecret), 1, "refusals cost no vault call");
+
+    // Node mode: the refused publish leaves nothing.
+    let target = plugin.target("refused");
+    let mut context = pod_attributes(&other, "web", "web-1", &[AZURE_AUDIENCE]).await;
+    context.extend(parameters("app-db"));
+    let refused = plugin.node().await.node_publish_volume(publish_request("csi-r", &target, context)).await;
+    assert_eq!(refused.expect_err("refused").code(), Code::PermissionDenied);
+    assert!(!target.exists());
+    assert_logs_free_of(&["allowed-value", "forbidden-value"]);
+    plugin.stop().await;
+}
