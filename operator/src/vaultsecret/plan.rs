@@ -189,6 +189,19 @@ pub fn next_due(last_read: Timestamp, interval: Duration, phase: Duration) -> Op
     Timestamp::from_millisecond(i64::try_from(due).ok()?).ok()
 }
 
+/// The last read to assume for a VaultSecret this process has not read yet: the latest time whose next slot
+/// ([`next_due`]) is still to come, so a restart reads nothing whose slot passed while no operator ran (that one is
+/// read at its next slot, at most an interval late) and nothing in a read storm.
+pub fn assumed_last_read(now: Timestamp, interval: Duration) -> Timestamp {
+    let nine_tenths_ms = i64::try_from(interval.as_millis() * 9 / 10).unwrap_or(i64::MAX);
+    // One millisecond later than nine tenths of an interval ago: the earliest slot `next_due` allows is after now.
+    now.as_millisecond()
+        .checked_sub(nine_tenths_ms)
+        .and_then(|ms| ms.checked_add(1))
+        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use vaultsync_api::Condition;
@@ -358,6 +371,21 @@ mod tests {
         for hostile in ["1ms", "9s", "8761h", "80000000h", "99999999999999999999h", "1h 2m", "", "-1h", "1d"] {
             let error = refresh_interval(hostile).expect_err(hostile);
             assert!(error.contains("refreshInterval"), "{hostile}: {error}");
+        }
+    }
+
+    #[test]
+    fn after_a_restart_nothing_is_due_before_its_next_slot() {
+        let now: Timestamp = NOW.parse().unwrap();
+        for interval_s in [10_u64, 60, 150, 3600, 86_400] {
+            let interval = Duration::from_secs(interval_s);
+            for step in 0..100 {
+                let phase = Duration::from_millis(interval_s * 1000 * step / 100);
+                let due = next_due(assumed_last_read(now, interval), interval, phase).unwrap();
+                assert!(due > now, "interval {interval_s}s, phase {phase:?}: due {due} is not after {now}");
+                let within = now.checked_add(k8s_openapi::jiff::SignedDuration::try_from(interval).unwrap()).unwrap();
+                assert!(due <= within, "interval {interval_s}s, phase {phase:?}: due {due} is later than an interval");
+            }
         }
     }
 }

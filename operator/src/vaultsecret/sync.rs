@@ -178,15 +178,12 @@ impl Sync<'_> {
         })
     }
 
-    /// When this process last read the vault for this VaultSecret; for one it has not read yet, a whole interval
-    /// before it first looked (remembered), so that its next slot is simply the next one.
+    /// When this process last read the vault for this VaultSecret; for one it has not read yet (after a restart),
+    /// as if just long enough ago that its next slot is the first one still to come (remembered).
     fn last_read(&self, interval: Interval, now: Timestamp) -> Timestamp {
         let mut schedule = self.ctx.schedule.lock().expect("schedule lock");
         *schedule.entry(self.map_key()).or_insert_with(|| match interval {
-            Interval::Every(every) => k8s_openapi::jiff::SignedDuration::try_from(every)
-                .ok()
-                .and_then(|whole| now.checked_sub(whole).ok())
-                .unwrap_or(now),
+            Interval::Every(every) => plan::assumed_last_read(now, every),
             Interval::Once => now,
         })
     }
