@@ -24,6 +24,8 @@ pub struct OpenBao {
     pub addr: String,
     /// The CA that signed the server's certificate (PEM), for a store's `caBundle`.
     pub ca_pem: String,
+    /// The same CA as a file (`BAO_CACERT` for the `bao` CLI).
+    pub ca_file: std::path::PathBuf,
     _process: Supervised,
 }
 
@@ -63,7 +65,7 @@ impl OpenBao {
             match ready {
                 Ok(()) => {
                     let ca_pem = std::fs::read_to_string(&ca_file).context("reading OpenBao's CA")?;
-                    return Ok(Self { addr, ca_pem, _process: process });
+                    return Ok(Self { addr, ca_pem, ca_file, _process: process });
                 }
                 Err(e) => last_error = Some(e),
             }

@@ -299,17 +299,13 @@ async fn demo(files: &DemoFiles, with_node: bool) -> anyhow::Result<()> {
 
     // 5. Rotation.
     step(5, "Rotating the secret in the vault");
-    let refresh_due = status.refresh_time.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
     let rotated = Instant::now();
     let version = vault.set_secret(VAULT_OBJECT, "demo-password-v2");
     say(format!("{VAULT_OBJECT} = demo-password-v2  (version {version})"));
-    match refresh_due {
-        Some(due) => say(format!(
-            "Nobody tells the operator. It reads the vault again at refreshTime, in {:.1}s ...",
-            due.duration_since(Timestamp::now()).as_secs_f64().max(0.0)
-        )),
-        None => say("Nobody tells the operator. It reads the vault again at refreshTime ..."),
-    }
+    say(format!(
+        "Nobody tells the operator. It reads the vault again within {REFRESH_INTERVAL} (its refreshInterval) of the \
+         last read ..."
+    ));
     wait_for(Duration::from_secs(45), "the scheduled refresh", &mut operator, || async {
         synced(&secrets, &vault_secrets, "demo-password-v2", &version).await
     })
@@ -404,8 +400,9 @@ async fn demo(files: &DemoFiles, with_node: bool) -> anyhow::Result<()> {
     say(format!("  log {}", files.operator_log.display()));
     say(format!("OpenBao: {} (dev server, KV v2 at secret/)", bao.addr));
     say(format!(
-        "  BAO_ADDR={} BAO_TOKEN={} {} kv list secret/",
+        "  BAO_ADDR={} BAO_CACERT={} BAO_TOKEN={} {} kv list secret/",
         bao.addr,
+        bao.ca_file.display(),
         openbao::ROOT_TOKEN,
         openbao::bao_binary().display()
     ));
@@ -523,9 +520,9 @@ fn print_status(status: &vaultsync_api::secret::VaultSecretStatus) {
     }
     say(format!("  {:<12}{}", "syncedAt", status.synced_at.as_deref().unwrap_or("-")));
     say(format!(
-        "  {:<12}{}  (the next read of the vault: {REFRESH_INTERVAL} later, plus up to 10% jitter)",
-        "refreshTime",
-        status.refresh_time.as_deref().unwrap_or("-")
+        "  {:<12}(none: the next read of the vault is due {REFRESH_INTERVAL} after the last, at a time kept in memory, \
+         so a refresh that finds nothing new writes nothing)",
+        "refresh"
     ));
 }
 
