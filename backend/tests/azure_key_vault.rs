@@ -43,7 +43,7 @@ async fn reads_the_latest_and_a_pinned_version() {
     let latest = kv.get(&ObjectRef::latest("db-password")).await.expect("latest");
     assert_eq!(latest.value.expose(), b"two");
     assert_eq!(latest.version, v2);
-    let pinned = kv.get(&ObjectRef { name: "db-password".into(), version: Some(v1.clone()) }).await.expect("pinned");
+    let pinned = kv.get(&ObjectRef::secret("db-password", Some(v1.clone()))).await.expect("pinned");
     assert_eq!(pinned.value.expose(), b"one");
     assert_eq!(pinned.version, v1);
     assert_eq!(vault.calls(Op::GetSecret), 2);

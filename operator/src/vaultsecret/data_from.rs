@@ -28,7 +28,7 @@ pub(super) async fn data_from(
     let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
     if let Some(extract) = &source.extract {
         store.check_object(&extract.name)?;
-        let object = VaultObject { name: extract.name.clone(), version: extract.version.clone() };
+        let object = VaultObject::secret(extract.name.clone(), extract.version.clone());
         let secret = ctx.cache.get(store.backend.as_ref(), &object, max_age).await?;
         let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(secret.value.expose())
             .map_err(|_| {

@@ -47,7 +47,7 @@ impl Sync<'_> {
 
     async fn read_all(&self, store: &ResolvedStore, read: plan::Read) -> Result<Fetched, NotSynced> {
         let reads = self.vs.spec.data.iter().map(|item| {
-            let object = VaultObject { name: item.remote_ref.name.clone(), version: item.remote_ref.version.clone() };
+            let object = VaultObject::secret(item.remote_ref.name.clone(), item.remote_ref.version.clone());
             let (cache, backend) = (&self.ctx.cache, store.backend.clone());
             async move { cache.get(backend.as_ref(), &object, read.max_age).await }
         });
