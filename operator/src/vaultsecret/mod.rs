@@ -48,11 +48,14 @@ use crate::{
 
 mod cleanup;
 mod data_from;
+mod find;
+mod objects;
 pub mod plan;
 mod read;
 mod status;
 mod sync;
 mod target;
+mod templating;
 mod trigger;
 
 pub use target::CREATED_LABEL;
@@ -72,6 +75,8 @@ struct Written {
     secret: String,
     resource_version: String,
     data: SecretData,
+    /// What templates made besides data (type, labels, annotations).
+    meta: templating::SecretMeta,
     hmac: String,
 }
 
@@ -92,6 +97,10 @@ pub struct Context {
     requested: Mutex<std::collections::HashSet<(String, String)>>,
     /// The longest a reconcile may take before it is abandoned and retried.
     reconcile_timeout: Duration,
+    /// What each `dataFrom.find` read last, so an unchanged object is not read again.
+    find_memory: find::FindMemory,
+    /// How long before a synced certificate expires a Warning Event says so.
+    expiry_warning: Duration,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -159,6 +168,8 @@ impl Context {
             rollouts: Arc::new(rollouts),
             requested: Mutex::default(),
             reconcile_timeout: args.reconcile_timeout,
+            find_memory: find::FindMemory::default(),
+            expiry_warning: args.certificate_expiry_warning,
         }
     }
 }
