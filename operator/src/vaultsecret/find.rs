@@ -183,8 +183,13 @@ pub(super) async fn find(
         let entry = match unchanged {
             Some(entry) => entry,
             None => {
-                // A cached read from before the update would be stale: accept only one made since.
-                let since_update = listed.updated.map(|u| Duration::from_secs(now.saturating_sub(u).max(0) as u64));
+                // Changed since this find last read it: a cached read from before the change would be stale, so only
+                // one made since is accepted. (An object seen for the first time takes the cache as any read does.)
+                let changed = remembered.contains_key(&listed.name);
+                let since_update = listed
+                    .updated
+                    .filter(|_| changed)
+                    .map(|u| Duration::from_secs(now.saturating_sub(u).max(0) as u64));
                 let age = match (max_age, since_update) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

@@ -68,7 +68,11 @@ impl From<vaultsync_backend::Error> for NotSynced {
             | vaultsync_backend::Error::Disabled { .. } => Duration::from_secs(120),
             _ => Duration::from_secs(30),
         };
-        NotSynced::new(e.reason(), e.to_string(), retry)
+        let message = match &e {
+            vaultsync_backend::Error::Disabled { .. } => format!("{e}; the Secret keeps its last values"),
+            _ => e.to_string(),
+        };
+        NotSynced::new(e.reason(), message, retry)
     }
 }
 
