@@ -57,6 +57,10 @@ impl Templates {
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(64);
+        // A template of a file keeps the file's last newline (Jinja drops it by default).
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build() {
+            env.set_syntax(syntax);
+        }
         env.add_filter("b64enc", b64enc);
         env.add_filter("b64dec", b64dec);
         env.add_filter("from_json", from_json);
