@@ -483,7 +483,7 @@ pub struct VaultSecretStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
-    /// The Secret key it was written to (for a split certificate, `tls.crt`).
+    /// The key it was read into (`data[].secretKey`; `tls.crt` for a split certificate).
     pub secret_key: String,
     /// The leaf certificate's notAfter (RFC 3339).
     pub not_after: String,

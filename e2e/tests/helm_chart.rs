@@ -144,6 +144,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "- name: VAULTSYNC_ALLOWED_TOKEN_AUDIENCES\n              value: \"api://AzureADTokenExchange,vault\"",
         "- name: VAULTSYNC_OPERATOR_IDENTITY_IN_VAULT_STORES\n              value: \"false\"",
         "- name: VAULTSYNC_RECONCILE_TIMEOUT\n              value: \"2m\"",
+        "- name: VAULTSYNC_CERTIFICATE_EXPIRY_WARNING\n              value: \"720h\"",
     ] {
         assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
     }
