@@ -12,7 +12,13 @@
 //! Errors name the template and the problem (and the line), never a value: any value of the resource found in an
 //! error's text is replaced by `[redacted]`.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use base64::{
     Engine as _,
@@ -23,7 +29,10 @@ use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value, value::
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::{SecretData, certificate::CertificateBundle};
+use crate::{
+    SecretData,
+    certificate::{CertificateBundle, CertificateProblem},
+};
 
 /// The work one template may do (minijinja instructions).
 pub const FUEL: u64 = 200_000;
@@ -31,6 +40,9 @@ pub const FUEL: u64 = 200_000;
 pub const MAX_OUTPUT: usize = 512 * 1024;
 /// The bcrypt costs accepted (higher costs would let a template burn the operator's CPU).
 pub const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=12;
+/// How many costly filter calls (bcrypt, htpasswd, reading a certificate: key derivation the fuel does not count) one
+/// [`Templates`] may make across all its renders.
+pub const COSTLY_CALLS: u32 = 16;
 const DEFAULT_BCRYPT_COST: u32 = 10;
 
 /// A template that could not be rendered: which one, and what is wrong. Never holds a value.
@@ -67,30 +79,36 @@ impl Templates {
         env.add_filter("to_json", to_json);
         env.add_filter("from_yaml", from_yaml);
         env.add_filter("to_yaml", to_yaml);
-        env.add_filter("pem_key", |v: Value, password: Option<String>| {
-            bundle(&v, password.as_deref(), "pem_key")?.key_pem().map(|k| k.to_string()).map_err(|e| fail("pem_key", e))
-        });
-        env.add_filter("pem_leaf", |v: Value, password: Option<String>| {
-            Ok::<_, Error>(bundle(&v, password.as_deref(), "pem_leaf")?.leaf_pem())
-        });
-        env.add_filter("pem_chain", |v: Value, password: Option<String>| {
-            Ok::<_, Error>(bundle(&v, password.as_deref(), "pem_chain")?.chain_pem())
-        });
-        env.add_filter("pem_ca", |v: Value, password: Option<String>| {
-            Ok::<_, Error>(bundle(&v, password.as_deref(), "pem_ca")?.ca_pem())
-        });
-        env.add_filter("pem_bundle", |v: Value, password: Option<String>| {
-            Ok::<_, Error>(bundle(&v, password.as_deref(), "pem_bundle")?.pem().to_string())
-        });
-        let key = Zeroizing::new(salt_key.to_vec());
+        let calls = Arc::new(AtomicU32::new(0));
+        let costly = move |filter: &str| {
+            if calls.fetch_add(1, Ordering::Relaxed) >= COSTLY_CALLS {
+                return Err(fail(filter, format!("more than {COSTLY_CALLS} bcrypt or certificate operations")));
+            }
+            Ok(())
+        };
+        let pem = |name: &'static str, out: fn(&CertificateBundle) -> Result<String, CertificateProblem>| {
+            let costly = costly.clone();
+            move |v: Value, password: Option<String>| {
+                costly(name)?;
+                out(&bundle(&v, password.as_deref(), name)?).map_err(|e| fail(name, e))
+            }
+        };
+        env.add_filter("pem_key", pem("pem_key", |b| b.key_pem().map(|k| k.to_string())));
+        env.add_filter("pem_leaf", pem("pem_leaf", |b| Ok(b.leaf_pem())));
+        env.add_filter("pem_chain", pem("pem_chain", |b| Ok(b.chain_pem())));
+        env.add_filter("pem_ca", pem("pem_ca", |b| Ok(b.ca_pem())));
+        env.add_filter("pem_bundle", pem("pem_bundle", |b| Ok(b.pem().to_string())));
+        let (key, check) = (Zeroizing::new(salt_key.to_vec()), costly.clone());
         env.add_filter("bcrypt", move |v: Value, cost: Option<u32>| {
+            check("bcrypt")?;
             bcrypt_hash(&key, &bytes(&v, "bcrypt")?, cost, bcrypt::Version::TwoB, "bcrypt")
         });
-        let key = Zeroizing::new(salt_key.to_vec());
+        let (key, check) = (Zeroizing::new(salt_key.to_vec()), costly);
         env.add_filter("htpasswd", move |v: Value, user: String, cost: Option<u32>| {
             if user.is_empty() || user.contains(':') || user.contains('\n') {
                 return Err(Error::new(ErrorKind::InvalidOperation, "htpasswd: the user name is empty or holds ':'"));
             }
+            check("htpasswd")?;
             let hash = bcrypt_hash(&key, &bytes(&v, "htpasswd")?, cost, bcrypt::Version::TwoY, "htpasswd")?;
             Ok(format!("{user}:{hash}"))
         });
@@ -341,6 +359,15 @@ mod tests {
             assert!(text.starts_with(r#"template data["out"]: "#), "{text}");
             assert!(!text.contains("hunter2"), "no value in {text}");
         }
+    }
+
+    #[test]
+    fn costly_filters_are_counted_across_renders() {
+        let templates = Templates::new(&values(&[("password", "pw")]), b"k");
+        let source = "{% for i in range(10) %}{{ password | bcrypt(4) }}{% endfor %}";
+        templates.render("first", source).expect("10 hashes");
+        let error = templates.render("second", source).unwrap_err();
+        assert!(error.problem.contains("more than 16 bcrypt or certificate operations"), "{error}");
     }
 
     #[test]

@@ -103,12 +103,26 @@ impl Sync<'_> {
         if !deferred.is_empty() {
             let mut inputs = earlier.clone();
             inputs.extend(out.keys.iter().map(|(k, v, _)| (k.clone(), v.clone())));
-            let templates = Templates::new(&inputs, &self.ctx.hmac_key);
-            for (item, secret, password) in deferred {
-                let source =
-                    item.remote_ref.pfx_password.as_ref().and_then(|p| p.template.as_deref()).unwrap_or_default();
-                let name = format!("data[{:?}].remoteRef.pfxPassword.template", item.secret_key);
-                let output = templates.render(&name, source).map_err(RenderError::from)?;
+            let sources: Vec<(String, String)> = deferred
+                .iter()
+                .map(|(item, _, _)| {
+                    let template = item.remote_ref.pfx_password.as_ref().and_then(|p| p.template.clone());
+                    (
+                        format!("data[{:?}].remoteRef.pfxPassword.template", item.secret_key),
+                        template.unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let key = self.ctx.hmac_key.clone();
+            // Off the async threads, as every template: its filters may be CPU work.
+            let passwords = tokio::task::spawn_blocking(move || {
+                let templates = Templates::new(&inputs, &key);
+                sources.iter().map(|(name, source)| templates.render(name, source)).collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|_| NotSynced::new("TemplateError", "rendering stopped unexpectedly", Duration::from_secs(120)))?
+            .map_err(RenderError::from)?;
+            for ((item, secret, password), output) in deferred.into_iter().zip(passwords) {
                 self.render_one(item, secret, password, Some(output), &mut out).await?;
             }
         }

@@ -65,51 +65,11 @@ impl Sync<'_> {
             return Ok((data, versions, SecretMeta::default()));
         };
         let sources = self.template_sources(template).await?;
-        let templates = Templates::new(&data, &self.ctx.hmac_key);
-        let (mut out, mut out_versions) = match template.merge_policy {
-            MergePolicy::Merge => (data.clone(), versions),
-            MergePolicy::Replace => (SecretData::new(), BTreeMap::new()),
-        };
-        for (name, key, source) in sources {
-            let value = templates.render(&name, &source).map_err(failed)?;
-            out.insert(key.clone(), SecretBytes::new(value.as_bytes().to_vec()));
-            out_versions.insert(key, TEMPLATE_VERSION.into());
-        }
-        let mut meta = SecretMeta::default();
-        for (label, source) in &template.labels {
-            let name = format!("target.template.labels[{label:?}]");
-            let value = templates.render(&name, source).map_err(failed)?;
-            let value = value.trim();
-            if !valid_label_value(value) {
-                return Err(template_error(
-                    name,
-                    "renders to an invalid label value (at most 63 letters, digits, '-', '_' or '.', starting and \
-                     ending with a letter or digit)",
-                ));
-            }
-            meta.labels.insert(label.clone(), value.to_string());
-        }
-        for (annotation, source) in &template.annotations {
-            let name = format!("target.template.annotations[{annotation:?}]");
-            let value = templates.render(&name, source).map_err(failed)?;
-            meta.annotations.insert(annotation.clone(), value.to_string());
-        }
-        if let Some(source) = &template.type_ {
-            let name = "target.template.type".to_string();
-            let value = templates.render(&name, source).map_err(failed)?;
-            let value = value.trim();
-            if !valid_type(value) {
-                return Err(template_error(name, "renders to an invalid Secret type"));
-            }
-            meta.type_ = Some(value.to_string());
-        }
-        if out.is_empty() {
-            return Err(template_error(
-                "target.template".into(),
-                "makes no data (mergePolicy Replace writes only the keys templates make)",
-            ));
-        }
-        Ok((out, out_versions, meta))
+        let (template, key) = (template.clone(), self.ctx.hmac_key.clone());
+        // Off the async threads: bcrypt and certificate filters are CPU work (bounded per sync).
+        tokio::task::spawn_blocking(move || render_all(&template, sources, data, versions, &key))
+            .await
+            .map_err(|_| template_error("target.template".into(), "rendering stopped unexpectedly"))?
     }
 
     /// The data templates: (name for messages, Secret key, source), inline ones then those from ConfigMaps.
@@ -142,6 +102,63 @@ impl Sync<'_> {
         }
         Ok(sources)
     }
+}
+
+type Rendered = (SecretData, BTreeMap<String, String>, SecretMeta);
+
+/// Renders every template over `data`.
+fn render_all(
+    template: &SecretTemplate,
+    sources: Vec<(String, String, String)>,
+    data: SecretData,
+    versions: BTreeMap<String, String>,
+    salt_key: &[u8],
+) -> Result<Rendered, NotSynced> {
+    let templates = Templates::new(&data, salt_key);
+    let (mut out, mut out_versions) = match template.merge_policy {
+        MergePolicy::Merge => (data.clone(), versions),
+        MergePolicy::Replace => (SecretData::new(), BTreeMap::new()),
+    };
+    for (name, key, source) in sources {
+        let value = templates.render(&name, &source).map_err(failed)?;
+        out.insert(key.clone(), SecretBytes::new(value.as_bytes().to_vec()));
+        out_versions.insert(key, TEMPLATE_VERSION.into());
+    }
+    let mut meta = SecretMeta::default();
+    for (label, source) in &template.labels {
+        let name = format!("target.template.labels[{label:?}]");
+        let value = templates.render(&name, source).map_err(failed)?;
+        let value = value.trim();
+        if !valid_label_value(value) {
+            return Err(template_error(
+                name,
+                "renders to an invalid label value (at most 63 letters, digits, '-', '_' or '.', starting and ending \
+                 with a letter or digit)",
+            ));
+        }
+        meta.labels.insert(label.clone(), value.to_string());
+    }
+    for (annotation, source) in &template.annotations {
+        let name = format!("target.template.annotations[{annotation:?}]");
+        let value = templates.render(&name, source).map_err(failed)?;
+        meta.annotations.insert(annotation.clone(), value.to_string());
+    }
+    if let Some(source) = &template.type_ {
+        let name = "target.template.type".to_string();
+        let value = templates.render(&name, source).map_err(failed)?;
+        let value = value.trim();
+        if !valid_type(value) {
+            return Err(template_error(name, "renders to an invalid Secret type"));
+        }
+        meta.type_ = Some(value.to_string());
+    }
+    if out.is_empty() {
+        return Err(template_error(
+            "target.template".into(),
+            "makes no data (mergePolicy Replace writes only the keys templates make)",
+        ));
+    }
+    Ok((out, out_versions, meta))
 }
 
 #[cfg(test)]
