@@ -35,6 +35,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Like `run`, with a given client (tests run the operator in process).
 pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.reconcile_timeout >= std::time::Duration::from_secs(1),
+        "--reconcile-timeout must be at least 1s (every sync would time out)"
+    );
     // A misconfigured Event Grid endpoint (no key file, unreadable or weak key) fails the start.
     let event_grid = eventgrid::Config::from_args(&args)?;
     let metrics = metrics::Metrics::new();

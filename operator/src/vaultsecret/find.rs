@@ -32,8 +32,8 @@ struct Remembered {
     version: String,
 }
 
-/// A VaultSecret (namespace, name) and the index of its `dataFrom` entry.
-type EntryKey = (String, String, usize);
+/// A VaultSecret (its UID) and the index of its `dataFrom` entry.
+type EntryKey = (String, usize);
 
 /// Per VaultSecret and `dataFrom` entry, what its find read last.
 #[derive(Default)]
@@ -42,9 +42,9 @@ pub struct FindMemory {
 }
 
 impl FindMemory {
-    /// Forgets a VaultSecret (deleted).
-    pub fn forget(&self, namespace: &str, name: &str) {
-        self.entries.lock().expect("find memory lock").retain(|(ns, n, _), _| !(ns == namespace && n == name));
+    /// Forgets a VaultSecret (deleted), by its UID.
+    pub fn forget(&self, uid: &str) {
+        self.entries.lock().expect("find memory lock").retain(|(owner, _), _| owner != uid);
     }
 
     fn get(&self, key: &EntryKey) -> BTreeMap<String, Remembered> {
@@ -122,12 +122,12 @@ fn selected(listed: Vec<Listed>, find: &FindRef, name: Option<&Regex>, allowed: 
         .collect()
 }
 
-/// Runs one `dataFrom.find` for the VaultSecret `owner` (namespace, name), entry `index`.
+/// Runs one `dataFrom.find` for the VaultSecret `owner` (its UID), entry `index`.
 pub(super) async fn find(
     ctx: &Context,
     store: &vaultsync_stores::ResolvedStore,
     find: &FindRef,
-    owner: (String, String),
+    owner: String,
     index: usize,
     max_age: Option<Duration>,
 ) -> Result<Entries, NotSynced> {
@@ -162,7 +162,7 @@ pub(super) async fn find(
             Duration::from_secs(120),
         ));
     }
-    let memory_key = (owner.0, owner.1, index);
+    let memory_key = (owner, index);
     let remembered = ctx.find_memory.get(&memory_key);
     let mut read = BTreeMap::new();
     let mut origin = BTreeMap::new();
