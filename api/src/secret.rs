@@ -131,6 +131,29 @@ pub struct DataFrom {
     /// becomes a key named after it (characters a Secret key cannot hold become `_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub find: Option<FindRef>,
+    /// Regular-expression replacements applied in order to the keys this entry gives; two keys that become one are
+    /// refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub rewrite: Vec<Rewrite>,
+}
+
+/// One rewrite of the keys a `dataFrom` entry gives.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewrite {
+    pub regexp: RewriteRegexp,
+}
+
+/// Replaces every match of `source` (RE2 syntax, no look-around) in a key with `target` (`$1`, `${name}` refer to
+/// groups).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RewriteRegexp {
+    #[schemars(length(min = 1, max = 256))]
+    pub source: String,
+    #[schemars(length(max = 256))]
+    pub target: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -149,13 +172,43 @@ pub struct FindRef {
     #[serde(default)]
     #[schemars(length(max = 512))]
     pub path: String,
+    /// Only objects whose name matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<FindName>,
+    /// Only objects carrying every one of these tags with these values (Azure Key Vault).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
+    pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub decoding: Decoding,
+}
+
+/// A name filter of `dataFrom.find`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FindName {
+    /// A regular expression (RE2 syntax) the whole name or part of it must match (anchor it with `^...$`).
+    #[schemars(length(min = 1, max = 256))]
+    pub regexp: String,
+}
+
+/// At most 16 tags; Key Vault's limits on tag names (512) and values (256).
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": { "type": "string", "maxLength": 256 },
+        "x-kubernetes-validations": [{ "rule": "self.all(k, size(k) <= 512)", "message": "a tag name is at most 512 characters" }],
+    })
 }
 
 /// An object in the vault.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.format) || (self.format in ['pem', 'pfx'] && (!has(self.objectType) || self.objectType == 'secret')) || (self.format in ['pem', 'der'] && has(self.objectType) && self.objectType == 'certificate') || (self.format in ['pem', 'jwk'] && has(self.objectType) && self.objectType == 'key')").message("format must fit objectType: pem or pfx for a secret, pem or der for a certificate, pem or jwk for a key"))]
+#[x_kube(validation = Rule::new("!has(self.property) || !has(self.format)").message("property takes a field of a JSON value; it cannot be combined with format"))]
+#[x_kube(validation = Rule::new("!has(self.pfxPassword) || (has(self.format) && self.format == 'pfx')").message("pfxPassword is for format pfx"))]
+#[x_kube(validation = Rule::new("!has(self.objectType) || self.objectType == 'secret' || (!has(self.property) && !has(self.passwordSecretRef))").message("property and passwordSecretRef are for objectType secret"))]
 pub struct RemoteRef {
     /// The object's name in the vault.
     #[schemars(length(min = 1, max = 512))]
@@ -170,6 +223,74 @@ pub struct RemoteRef {
     pub property: Option<String>,
     #[serde(default)]
     pub decoding: Decoding,
+    /// Which kind of Key Vault object: a secret's value (for a certificate, its secret: key and chain), a
+    /// certificate alone (the leaf, no private key), or a key's public half.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub object_type: ObjectType,
+    /// What to make of the object: `pem` or `pfx` for a certificate's secret, `pem` or `der` for a certificate,
+    /// `pem` or `jwk` for a key; the value as stored when empty (certificates and keys: PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// The password of a PFX the vault holds under one (Key Vault's own certificate secrets have none), from a
+    /// Secret of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Encrypts the PFX written (`format: pfx`) with this password; without it a PFX is passed on as the vault holds
+    /// it, and one made from PEM has the empty password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pfx_password: Option<PfxPassword>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// The kinds of Azure Key Vault object.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectType {
+    #[default]
+    Secret,
+    Certificate,
+    Key,
+}
+
+/// Output formats of certificates and keys.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A certificate's secret: the private key (PKCS#8) first, then leaf, intermediates and root; a certificate:
+    /// the leaf; a key: the public key (`PUBLIC KEY`).
+    Pem,
+    /// A certificate's secret as a binary PKCS#12 archive.
+    Pfx,
+    /// A certificate's leaf as DER.
+    Der,
+    /// A key's public half as a JSON Web Key.
+    Jwk,
+}
+
+/// A key of a Secret in the VaultSecret's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Where the password of a PFX written comes from: exactly one of a Secret and a template over this VaultSecret's
+/// values.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.template)").message("set exactly one of secretRef and template"))]
+pub struct PfxPassword {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub template: Option<String>,
 }
 
 /// How the fetched value is decoded before it is stored.
@@ -207,6 +328,95 @@ pub struct Target {
     /// Write the Secret as immutable; a changed value then replaces the Secret.
     #[serde(default)]
     pub immutable: bool,
+    /// Templates that make the Secret's data, labels, annotations and type from this VaultSecret's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+}
+
+/// Templates (Jinja2 syntax, minijinja) over this VaultSecret's own values: each key is a variable
+/// (`{{ password }}`), and all are in `data` (`{{ data["tls.crt"] }}`). See docs/usage.md for the filters.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.data) ? size(self.data) : 0) + (has(self.templateFrom) ? size(self.templateFrom) : 0) + (has(self.labels) ? size(self.labels) : 0) + (has(self.annotations) ? size(self.annotations) : 0) + (has(self.type) ? 1 : 0) > 0").message("a template must make at least one of data, templateFrom, labels, annotations or type"))]
+pub struct SecretTemplate {
+    /// The Secret's type, itself a template (it replaces `target.type`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub type_: Option<String>,
+    /// Secret key -> template of its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "data_templates_schema")]
+    pub data: BTreeMap<String, String>,
+    /// Label -> template of its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "metadata_templates_schema")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotation -> template of its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "metadata_templates_schema")]
+    pub annotations: BTreeMap<String, String>,
+    /// Data templates kept in ConfigMaps of this namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub template_from: Vec<TemplateFrom>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub merge_policy: MergePolicy,
+}
+
+/// A data template read from a ConfigMap key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateFrom {
+    pub config_map: ConfigMapKeyRef,
+    /// The Secret key the template makes.
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub secret_key: String,
+}
+
+/// A key of a ConfigMap in the VaultSecret's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(regex(pattern = SECRET_KEY_PATTERN), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Which keys a templated Secret holds.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MergePolicy {
+    /// Only the keys the templates make (the fetched values are the templates' inputs).
+    #[default]
+    Replace,
+    /// The fetched keys, and the templates' keys over them.
+    Merge,
+}
+
+/// At most 64 data templates of at most 64 KiB each, named like Secret keys.
+fn data_templates_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "type": "string", "maxLength": 65536 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))",
+            "message": "a data template's key must be a valid Secret key",
+        }],
+    })
+}
+
+/// At most 32 label or annotation templates of at most 4 KiB each, named like label keys.
+fn metadata_templates_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$'))",
+            "message": "a label or annotation template's key must be a valid label key",
+        }],
+    })
 }
 
 /// Who owns the target Secret.
@@ -270,6 +480,19 @@ pub struct VaultSecretStatus {
     /// out; at most 100 are named.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_objects: Vec<SkippedObject>,
+    /// The certificates synced, and when each expires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// A certificate written into the Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// The key it was read into (`data[].secretKey`; `tls.crt` for a split certificate).
+    pub secret_key: String,
+    /// The leaf certificate's notAfter (RFC 3339).
+    pub not_after: String,
 }
 
 /// An object left out of a sync, and why.

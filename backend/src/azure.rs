@@ -22,8 +22,10 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 pub use crate::http::{CallObserver, RetryPolicy, http_client};
+use base64::Engine as _;
+
 use crate::{
-    Backend, Error, FetchedSecret, Listed, ObjectRef, Result, SecretBytes,
+    Attributes, Backend, Error, FetchedSecret, Listed, ObjectKind, ObjectRef, Result, SecretBytes,
     budget::RequestBudget,
     http::Caller,
     identity::{Endpoint, Identity, Principal},
@@ -186,12 +188,27 @@ pub struct AzureKeyVault {
     identity: Identity,
 }
 
+/// The parts of a secret, certificate or key bundle read here.
 #[derive(Deserialize)]
-struct SecretBundle {
+struct Bundle {
+    /// A secret's value.
     value: Option<Zeroizing<String>>,
-    id: String,
+    /// A certificate's id and leaf (base64 DER).
+    id: Option<String>,
+    cer: Option<String>,
+    /// A key's public JSON Web Key (its `kid` is the id).
+    key: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(rename = "contentType")]
     content_type: Option<String>,
+    #[serde(default)]
+    attributes: BundleAttributes,
+}
+
+#[derive(Deserialize, Default)]
+struct BundleAttributes {
+    enabled: Option<bool>,
+    nbf: Option<i64>,
+    exp: Option<i64>,
 }
 
 impl AzureKeyVault {
@@ -204,24 +221,56 @@ impl AzureKeyVault {
         Self { endpoint, credential, identity }
     }
 
-    async fn get_secret(&self, object: &ObjectRef) -> Result<FetchedSecret> {
+    /// A secret's value, a certificate's leaf (the certificates API: never the private key), or a key's public JWK.
+    async fn get_object(&self, object: &ObjectRef) -> Result<FetchedSecret> {
         let base = &self.endpoint.vault_url;
-        let url = match &object.version {
-            Some(v) => format!("{base}/secrets/{}/{}", encode(&object.name), encode(v)),
-            None => format!("{base}/secrets/{}", encode(&object.name)),
+        let (collection, operation) = match object.kind {
+            ObjectKind::Secret => ("secrets", "get_secret"),
+            ObjectKind::Certificate => ("certificates", "get_certificate"),
+            ObjectKind::Key => ("keys", "get_key"),
         };
-        let response = self.call("get_secret", &url, &[], &object.to_string()).await?;
-        let bundle: SecretBundle = response
-            .json()
-            .await
-            .map_err(|_| Error::Protocol { message: format!("{object}: the answer is not a secret bundle") })?;
-        let version = bundle.id.rsplit('/').next().unwrap_or_default().to_string();
-        let value = bundle.value.ok_or_else(|| Error::Protocol { message: format!("{object} has no value") })?;
-        Ok(FetchedSecret {
-            value: SecretBytes::new(value.as_bytes().to_vec()),
-            version,
-            content_type: bundle.content_type,
-        })
+        let url = match &object.version {
+            Some(v) => format!("{base}/{collection}/{}/{}", encode(&object.name), encode(v)),
+            None => format!("{base}/{collection}/{}", encode(&object.name)),
+        };
+        let response = self.call(operation, &url, &[], &object.to_string()).await?;
+        let bundle: Bundle = response.json().await.map_err(|_| Error::Protocol {
+            message: format!("{object}: the answer is not a {} bundle", object.kind),
+        })?;
+        let missing = |what: &str| Error::Protocol { message: format!("{object}: the answer has no {what}") };
+        let (value, id) = match object.kind {
+            ObjectKind::Secret => {
+                let value = bundle.value.ok_or_else(|| missing("value"))?;
+                (value.as_bytes().to_vec(), bundle.id)
+            }
+            ObjectKind::Certificate => {
+                let cer = bundle.cer.ok_or_else(|| missing("certificate (cer)"))?;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(cer.trim())
+                    .map_err(|_| missing("base64 certificate (cer)"))?;
+                (der, bundle.id)
+            }
+            ObjectKind::Key => {
+                let key = bundle.key.ok_or_else(|| missing("key"))?;
+                let id = key.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+                (serde_json::Value::Object(key).to_string().into_bytes(), id)
+            }
+        };
+        let version = id.as_deref().and_then(|id| id.rsplit('/').next()).unwrap_or_default().to_string();
+        let attributes = Attributes {
+            enabled: bundle.attributes.enabled.unwrap_or(true),
+            not_before: bundle.attributes.nbf,
+            expires: bundle.attributes.exp,
+        };
+        if !attributes.enabled {
+            return Err(Error::Disabled { object: object.to_string() });
+        }
+        let content_type = match object.kind {
+            ObjectKind::Secret => bundle.content_type,
+            ObjectKind::Certificate => Some("application/pkix-cert".into()),
+            ObjectKind::Key => Some("application/jwk+json".into()),
+        };
+        Ok(FetchedSecret { value: SecretBytes::new(value), version, content_type, attributes })
     }
 
     /// One request with the budget, the token the vault's challenge calls for, and retries; a 200 is returned.
@@ -264,7 +313,7 @@ impl Backend for AzureKeyVault {
     }
 
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>> {
-        Box::pin(self.get_secret(object))
+        Box::pin(self.get_object(object))
     }
 
     /// Pages through the secrets list (25 a page), following `nextLink` only to this vault's own origin.
@@ -281,10 +330,12 @@ impl Backend for AzureKeyVault {
             struct Item {
                 id: String,
                 #[serde(default)]
-                attributes: Attributes,
+                attributes: ItemAttributes,
+                #[serde(default)]
+                tags: Option<std::collections::BTreeMap<String, String>>,
             }
             #[derive(Deserialize, Default)]
-            struct Attributes {
+            struct ItemAttributes {
                 enabled: Option<bool>,
                 nbf: Option<i64>,
                 exp: Option<i64>,
@@ -312,6 +363,7 @@ impl Backend for AzureKeyVault {
                         not_before: item.attributes.nbf,
                         expires: item.attributes.exp,
                         updated: item.attributes.updated,
+                        tags: item.tags.unwrap_or_default(),
                     });
                 }
                 match page.next_link {

@@ -10,6 +10,9 @@ pub enum Error {
     NotFound { object: String },
     #[error("reading {object} is forbidden: {message}")]
     Forbidden { object: String, message: String },
+    /// The vault refuses to read a disabled object (Key Vault: 403 with an inner code such as `SecretDisabled`).
+    #[error("{object} is disabled in the vault")]
+    Disabled { object: String },
     #[error("the vault is throttling requests (retry after {retry_after:?})")]
     Throttled { retry_after: Option<Duration> },
     #[error("the vault is unavailable: {message}")]
@@ -28,6 +31,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => "NotFound",
             Error::Forbidden { .. } => "Forbidden",
+            Error::Disabled { .. } => "Disabled",
             Error::Throttled { .. } => "Throttled",
             Error::Unavailable { .. } => "BackendUnavailable",
             Error::Unauthenticated { .. } => "AuthenticationFailed",
@@ -41,6 +45,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => "not_found",
             Error::Forbidden { .. } => "forbidden",
+            Error::Disabled { .. } => "disabled",
             Error::Throttled { .. } => "throttled",
             Error::Unavailable { .. } => "unavailable",
             Error::Unauthenticated { .. } => "unauthenticated",

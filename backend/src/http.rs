@@ -143,10 +143,13 @@ impl Caller {
                 }
                 StatusCode::FORBIDDEN if !self.retry_also.contains(&status) => {
                     self.observe(operation, "forbidden");
-                    return Err(Error::Forbidden {
-                        object: object.to_string(),
-                        message: self.error_message(response).await,
-                    });
+                    let body: serde_json::Value = response.json().await.unwrap_or_default();
+                    // Key Vault's inner code for a disabled object: `SecretDisabled`, `KeyDisabled`, ...
+                    let inner = body["error"]["innererror"]["code"].as_str().unwrap_or_default();
+                    if inner.ends_with("Disabled") {
+                        return Err(Error::Disabled { object: object.to_string() });
+                    }
+                    return Err(Error::Forbidden { object: object.to_string(), message: self.body_message(&body) });
                 }
                 StatusCode::NOT_FOUND if !self.retry_also.contains(&status) => {
                     self.observe(operation, "not_found");
@@ -184,7 +187,11 @@ impl Caller {
     /// The message of an error body (never a secret value: error bodies carry none), at most 300 characters.
     async fn error_message(&self, response: reqwest::Response) -> String {
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        (self.error_text)(&body).unwrap_or_else(|| "no detail".into()).chars().take(300).collect()
+        self.body_message(&body)
+    }
+
+    fn body_message(&self, body: &serde_json::Value) -> String {
+        (self.error_text)(body).unwrap_or_else(|| "no detail".into()).chars().take(300).collect()
     }
 }
 

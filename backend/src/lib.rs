@@ -21,21 +21,58 @@ use zeroize::Zeroizing;
 pub use error::{Error, Result};
 pub use identity::{Endpoint, Identity, Principal, ServiceAccount};
 
-/// An object in a vault: its name and, when pinned, a version.
+/// The kinds of object Azure Key Vault holds (OpenBao and Vault hold secrets only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    /// A secret's value (for a certificate: its secret, holding the private key and chain).
+    #[default]
+    Secret,
+    /// A certificate alone (the leaf, DER), without its private key.
+    Certificate,
+    /// A key's public half (a JSON Web Key).
+    Key,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Secret => "secret",
+            ObjectKind::Certificate => "certificate",
+            ObjectKind::Key => "key",
+        })
+    }
+}
+
+/// An object in a vault: its kind, its name and, when pinned, a version.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
     pub name: String,
     pub version: Option<String>,
+    pub kind: ObjectKind,
 }
 
 impl ObjectRef {
+    /// The latest version of a secret.
     pub fn latest(name: impl Into<String>) -> Self {
-        Self { name: name.into(), version: None }
+        Self { name: name.into(), version: None, kind: ObjectKind::Secret }
+    }
+
+    /// A secret, at `version` when pinned.
+    pub fn secret(name: impl Into<String>, version: Option<String>) -> Self {
+        Self { name: name.into(), version, kind: ObjectKind::Secret }
+    }
+
+    pub fn of_kind(mut self, kind: ObjectKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind != ObjectKind::Secret {
+            write!(f, "{}/", self.kind)?;
+        }
         match &self.version {
             Some(v) => write!(f, "{}@{v}", self.name),
             None => f.write_str(&self.name),
@@ -62,13 +99,53 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
-/// One version of a secret as the vault returned it.
+/// One version of an object as the vault returned it: a secret's value, a certificate's leaf (DER), or a key's
+/// public JSON Web Key.
 #[derive(Clone, Debug)]
 pub struct FetchedSecret {
     pub value: SecretBytes,
     /// The vault's version identifier of what was read.
     pub version: String,
     pub content_type: Option<String>,
+    /// What the vault says about when the version may be used (Key Vault; OpenBao gives none).
+    pub attributes: Attributes,
+}
+
+impl FetchedSecret {
+    /// Why this version must not be used at `now` (Unix seconds): `Disabled`, `Expired`, `NotYetValid`.
+    pub fn unusable(&self, now: i64) -> Option<&'static str> {
+        self.attributes.unusable(now)
+    }
+}
+
+/// Key Vault's `attributes` of an object version (times in Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attributes {
+    pub enabled: bool,
+    pub not_before: Option<i64>,
+    pub expires: Option<i64>,
+}
+
+impl Default for Attributes {
+    fn default() -> Self {
+        Attributes { enabled: true, not_before: None, expires: None }
+    }
+}
+
+impl Attributes {
+    /// Why an object with these attributes cannot be used at `now` (Unix seconds): `Disabled`, `Expired`,
+    /// `NotYetValid`. Key Vault answers expired and not yet valid secrets, so the reader must check.
+    pub fn unusable(&self, now: i64) -> Option<&'static str> {
+        if !self.enabled {
+            Some("Disabled")
+        } else if self.expires.is_some_and(|exp| exp <= now) {
+            Some("Expired")
+        } else if self.not_before.is_some_and(|nbf| nbf > now) {
+            Some("NotYetValid")
+        } else {
+            None
+        }
+    }
 }
 
 /// An object a list found: its name and, where the vault says, whether it may be read now.
@@ -83,20 +160,14 @@ pub struct Listed {
     pub expires: Option<i64>,
     /// Last updated (Unix seconds): a list shows what changed without reading values.
     pub updated: Option<i64>,
+    /// Key Vault's tags; empty for OpenBao.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Listed {
     /// Why this object cannot be read at `now` (Unix seconds): `Disabled`, `Expired`, `NotYetValid`.
     pub fn unreadable(&self, now: i64) -> Option<&'static str> {
-        if !self.enabled {
-            Some("Disabled")
-        } else if self.expires.is_some_and(|exp| exp <= now) {
-            Some("Expired")
-        } else if self.not_before.is_some_and(|nbf| nbf > now) {
-            Some("NotYetValid")
-        } else {
-            None
-        }
+        Attributes { enabled: self.enabled, not_before: self.not_before, expires: self.expires }.unusable(now)
     }
 }
 

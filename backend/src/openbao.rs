@@ -283,6 +283,7 @@ impl OpenBao {
                 ),
                 version,
                 content_type: Some("application/json".into()),
+                attributes: Default::default(),
             }),
             // A deleted or destroyed KV v2 version answers without data.
             Value::Null => Err(Error::NotFound { object: what.to_string() }),
@@ -448,6 +449,11 @@ impl Backend for OpenBao {
     }
 
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>> {
+        if object.kind != crate::ObjectKind::Secret {
+            let message =
+                format!("{object}: OpenBao and Vault hold secrets only (objectType {} is Key Vault's)", object.kind);
+            return Box::pin(std::future::ready(Err(Error::InvalidConfig { message })));
+        }
         Box::pin(self.read(object))
     }
 
@@ -466,6 +472,7 @@ impl Backend for OpenBao {
                     not_before: None,
                     expires: None,
                     updated: None,
+                    tags: Default::default(),
                 })
                 .collect();
             listed.sort_by(|a, b| a.name.cmp(&b.name));
@@ -708,10 +715,10 @@ mod tests {
         let latest = bao.get(&ObjectRef::latest("app/db")).await.expect("latest");
         assert_eq!(latest.value.expose(), br#"{"password":"p2","user":"app"}"#);
         assert_eq!(latest.version, "2");
-        let pinned = ObjectRef { name: "app/db".into(), version: Some("1".into()) };
+        let pinned = ObjectRef::secret("app/db", Some("1".into()));
         assert_eq!(bao.get(&pinned).await.expect("pinned").value.expose(), br#"{"password":"p1"}"#);
         assert_eq!(bao.get(&ObjectRef::latest("a b/c?d")).await.expect("encoded").version, "7");
-        let bad_pin = ObjectRef { name: "app/db".into(), version: Some("latest".into()) };
+        let bad_pin = ObjectRef::secret("app/db", Some("latest".into()));
         assert!(matches!(bao.get(&bad_pin).await, Err(Error::InvalidConfig { .. })));
         for escape in ["../sys/mounts", "app/./db", "app//db", "app/db/", ""] {
             let error = bao.get(&ObjectRef::latest(escape)).await.expect_err(escape);
@@ -721,9 +728,9 @@ mod tests {
         let v1 = client(&url, KvVersion::V1, token());
         let cfg = v1.get(&ObjectRef::latest("app/cfg")).await.expect("kv v1");
         assert_eq!((cfg.value.expose(), cfg.version.as_str()), (&br#"{"a":"1"}"#[..], KV_V1_VERSION));
-        let pinned_v1 = ObjectRef { name: "app/cfg".into(), version: Some(KV_V1_VERSION.into()) };
+        let pinned_v1 = ObjectRef::secret("app/cfg", Some(KV_V1_VERSION.into()));
         v1.get(&pinned_v1).await.expect("the kv-v1 pin reads the secret");
-        let other_pin = ObjectRef { name: "app/cfg".into(), version: Some("2".into()) };
+        let other_pin = ObjectRef::secret("app/cfg", Some("2".into()));
         assert!(matches!(v1.get(&other_pin).await, Err(Error::InvalidConfig { .. })));
         assert_eq!(seen.lock().expect("log").len(), 5, "refused names and pins made no call");
     }

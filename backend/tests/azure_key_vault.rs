@@ -7,7 +7,7 @@ use std::{
 };
 
 use vaultsync_backend::{
-    Backend, Error, ObjectRef, Principal,
+    Backend, Error, ObjectKind, ObjectRef, Principal,
     azure::{AzureEndpoint, AzureKeyVault, RetryPolicy, http_client},
     budget::RequestBudget,
     cache::ReadCache,
@@ -43,7 +43,7 @@ async fn reads_the_latest_and_a_pinned_version() {
     let latest = kv.get(&ObjectRef::latest("db-password")).await.expect("latest");
     assert_eq!(latest.value.expose(), b"two");
     assert_eq!(latest.version, v2);
-    let pinned = kv.get(&ObjectRef { name: "db-password".into(), version: Some(v1.clone()) }).await.expect("pinned");
+    let pinned = kv.get(&ObjectRef::secret("db-password", Some(v1.clone()))).await.expect("pinned");
     assert_eq!(pinned.value.expose(), b"one");
     assert_eq!(pinned.version, v1);
     assert_eq!(vault.calls(Op::GetSecret), 2);
@@ -270,4 +270,48 @@ async fn the_challenge_decides_scope_and_tenant_and_foreign_ones_are_refused() {
     // The tenant the challenge names, and the scope of the vault's own resource: a token, and the read.
     let value = reader("tenant-b").get(&ObjectRef::latest("k")).await.expect("read");
     assert_eq!(value.value.expose(), b"tenant-value");
+}
+
+#[tokio::test]
+async fn certificates_and_keys_are_their_own_objects_in_the_cache() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    let policy = serde_json::json!({ "policy": { "key_props": { "kty": "EC", "crv": "P-256" },
+        "x509_props": { "subject": "CN=web.example" } } });
+    vault
+        .client()
+        .expect("client")
+        .call(reqwest::Method::POST, "/certificates/web/create", Some(&policy))
+        .await
+        .unwrap();
+    vault.reset_counts();
+    let kv = client(&vault, "token");
+    let cache = ReadCache::new(Duration::from_secs(60));
+    let kinds = [ObjectKind::Secret, ObjectKind::Certificate, ObjectKind::Key];
+    let mut versions = Vec::new();
+    for kind in kinds {
+        let read = cache.get(&kv, &ObjectRef::latest("web").of_kind(kind), None).await.expect("read");
+        versions.push(read.version.clone());
+        match kind {
+            // The certificate's secret: its key and chain, as Key Vault stores them.
+            ObjectKind::Secret => assert_eq!(read.content_type.as_deref(), Some("application/x-pkcs12")),
+            // The certificates API: the leaf alone, DER.
+            ObjectKind::Certificate => assert_eq!(read.value.expose().first(), Some(&0x30)),
+            ObjectKind::Key => {
+                let jwk: serde_json::Value = serde_json::from_slice(read.value.expose()).expect("a JWK");
+                assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
+                assert!(jwk.get("d").is_none(), "never a private member");
+            }
+        }
+        // A second read of the same kind is served by the cache.
+        cache.get(&kv, &ObjectRef::latest("web").of_kind(kind), None).await.expect("cached");
+    }
+    assert!(versions.iter().all(|v| *v == versions[0]), "one version across the three: {versions:?}");
+    let counts = (vault.calls(Op::GetSecret), vault.calls(Op::GetCertificate), vault.calls(Op::GetKey));
+    assert_eq!(counts, (1, 1, 1), "one GET per kind: the kind is part of the cache key");
+
+    vault.disable_certificate("web");
+    for kind in kinds {
+        let error = kv.get(&ObjectRef::latest("web").of_kind(kind)).await.expect_err("disabled");
+        assert_eq!(error.reason(), "Disabled", "{kind}: {error:?}");
+    }
 }

@@ -99,15 +99,15 @@ async fn token_auth_reads_the_latest_and_pinned_kv_v2_versions() {
     assert_eq!(json_of(&latest), json!({ "password": "second-db-password", "username": "app" }));
     assert_eq!(latest.version, "2");
     assert!(!format!("{latest:?}").contains("second-db-password"), "Debug never shows the value");
-    let pinned = kv.get(&ObjectRef { name: "app/db".into(), version: Some("1".into()) }).await.expect("pinned");
+    let pinned = kv.get(&ObjectRef::secret("app/db", Some("1".into()))).await.expect("pinned");
     assert_eq!(json_of(&pinned), json!({ "password": "first-db-password" }));
     assert_eq!(pinned.version, "1");
 
-    let missing_version = ObjectRef { name: "app/db".into(), version: Some("9".into()) };
+    let missing_version = ObjectRef::secret("app/db", Some("9".into()));
     assert_eq!(kv.get(&missing_version).await.expect_err("no version 9").reason(), "NotFound");
     let missing = kv.get(&ObjectRef::latest("app/nope")).await.expect_err("no such secret");
     assert_eq!(missing, Error::NotFound { object: "app/nope".into() });
-    let not_a_number = ObjectRef { name: "app/db".into(), version: Some("latest".into()) };
+    let not_a_number = ObjectRef::secret("app/db", Some("latest".into()));
     assert_eq!(kv.get(&not_a_number).await.expect_err("bad pin").reason(), "InvalidSpec");
     assert_eq!(calls.count("kv_read", "ok"), 2);
     assert_eq!(calls.count("kv_read", "not_found"), 2, "not found is not retried");
@@ -117,7 +117,7 @@ async fn token_auth_reads_the_latest_and_pinned_kv_v2_versions() {
     // A deleted latest version reads as not found; the older one stays readable by pin.
     root.call(Method::DELETE, &format!("{mount}/data/app/db"), None).await.expect("soft delete");
     assert_eq!(kv.get(&ObjectRef::latest("app/db")).await.expect_err("deleted").reason(), "NotFound");
-    kv.get(&ObjectRef { name: "app/db".into(), version: Some("1".into()) }).await.expect("v1 is still there");
+    kv.get(&ObjectRef::secret("app/db", Some("1".into()))).await.expect("v1 is still there");
 }
 
 #[tokio::test]
@@ -152,9 +152,9 @@ async fn kv_v1_secrets_report_the_kv_v1_version() {
     let secret = kv.get(&ObjectRef::latest("team/db")).await.expect("kv v1 read");
     assert_eq!(json_of(&secret), body);
     assert_eq!(secret.version, KV_V1_VERSION);
-    let pinned = ObjectRef { name: "team/db".into(), version: Some(KV_V1_VERSION.into()) };
+    let pinned = ObjectRef::secret("team/db", Some(KV_V1_VERSION.into()));
     assert_eq!(json_of(&kv.get(&pinned).await.expect("the kv-v1 pin")), body);
-    let numbered = ObjectRef { name: "team/db".into(), version: Some("1".into()) };
+    let numbered = ObjectRef::secret("team/db", Some("1".into()));
     assert_eq!(kv.get(&numbered).await.expect_err("KV v1 has no versions").reason(), "InvalidSpec");
     assert_eq!(kv.list("team").await.expect("list"), ["db"]);
     assert_eq!(kv.list("").await.expect("list the root"), ["team/"]);

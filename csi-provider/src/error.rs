@@ -65,6 +65,8 @@ impl Error {
             B::Forbidden { object, message } => {
                 Error::denied(place, format!("the vault refused to let the pod read {object}: {message}"))
             }
+            // Key Vault refuses a disabled object with a 403; the files stay as they were.
+            B::Disabled { object } => Error::denied(place, format!("{object} is disabled in the vault")),
             B::Unauthenticated { message } => {
                 Error::denied(place, format!("the pod's identity could not authenticate to the vault: {message}"))
             }

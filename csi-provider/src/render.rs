@@ -130,7 +130,12 @@ mod tests {
     }
 
     fn fetched(value: &str) -> FetchedSecret {
-        FetchedSecret { value: SecretBytes::new(value.as_bytes().to_vec()), version: "v1".into(), content_type: None }
+        FetchedSecret {
+            value: SecretBytes::new(value.as_bytes().to_vec()),
+            version: "v1".into(),
+            content_type: None,
+            attributes: Default::default(),
+        }
     }
 
     #[test]

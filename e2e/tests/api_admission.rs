@@ -153,3 +153,72 @@ async fn vault_secrets_are_validated_at_admission() {
         assert!(message.contains(expected), "{name}: {message}");
     }
 }
+
+fn remote(remote_ref: Value) -> Value {
+    vault_secret(json!([{ "secretKey": "k", "remoteRef": remote_ref }]), "1h")
+}
+
+fn templated(template: Value) -> Value {
+    json!({ "storeRef": { "name": "kv" }, "data": one_key("p"), "target": { "template": template } })
+}
+
+#[tokio::test]
+async fn certificates_keys_templates_and_find_are_bounded_at_admission() {
+    let ns = TestNamespace::new("admission-certs").await;
+    install_crds(&ns.client).await;
+    let accepted = [
+        ("pem", remote(json!({ "name": "web", "format": "pem" }))),
+        ("pfx", remote(json!({ "name": "web", "format": "pfx", "pfxPassword": { "template": "{{ p }}" } }))),
+        ("leaf", remote(json!({ "name": "web", "objectType": "certificate", "format": "der" }))),
+        ("jwk", remote(json!({ "name": "signing", "objectType": "key", "format": "jwk" }))),
+        ("tpl", templated(json!({ "data": { "config.json": "{{ p }}" }, "labels": { "app.kubernetes.io/x": "y" } }))),
+        (
+            "find",
+            json!({ "storeRef": { "name": "kv" }, "dataFrom": [{ "find": { "name": { "regexp": "^app-" },
+                "tags": { "env": "prod" } }, "rewrite": [{ "regexp": { "source": "^app-", "target": "" } }] }] }),
+        ),
+    ];
+    for (name, spec) in accepted {
+        create(&ns, "VaultSecret", name, spec).await.unwrap_or_else(|m| panic!("{name} refused: {m}"));
+    }
+    let big = "x".repeat(65537);
+    let many: serde_json::Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let many_tags: serde_json::Map<String, Value> = (0..17).map(|i| (format!("t{i}"), json!("v"))).collect();
+    let cases = [
+        ("jwk-of-secret", remote(json!({ "name": "a", "format": "jwk" })), "format must fit objectType"),
+        ("pfx-of-key", remote(json!({ "name": "a", "objectType": "key", "format": "pfx" })), "format must fit"),
+        ("bad-type", remote(json!({ "name": "a", "objectType": "blob" })), "objectType"),
+        ("property-format", remote(json!({ "name": "a", "property": "x", "format": "pem" })), "cannot be combined"),
+        (
+            "password-no-pfx",
+            remote(json!({ "name": "a", "format": "pem", "pfxPassword": { "template": "x" } })),
+            "pfxPassword is for format pfx",
+        ),
+        (
+            "two-passwords",
+            remote(json!({ "name": "a", "format": "pfx",
+                "pfxPassword": { "template": "x", "secretRef": { "name": "s", "key": "k" } } })),
+            "exactly one of secretRef and template",
+        ),
+        ("empty-template", templated(json!({})), "at least one of"),
+        ("huge-template", templated(json!({ "data": { "k": big } })), "Too long"),
+        ("many-templates", templated(json!({ "data": many })), "must have at most 64"),
+        ("bad-template-key", templated(json!({ "data": { "a/b": "x" } })), "valid Secret key"),
+        ("bad-label-key", templated(json!({ "labels": { "a b": "x" } })), "valid label key"),
+        ("bad-merge-policy", templated(json!({ "data": { "k": "x" }, "mergePolicy": "Sometimes" })), "mergePolicy"),
+        (
+            "many-tags",
+            json!({ "storeRef": { "name": "kv" }, "dataFrom": [{ "find": { "tags": many_tags } }] }),
+            "must have at most 16",
+        ),
+        (
+            "long-regexp",
+            json!({ "storeRef": { "name": "kv" }, "dataFrom": [{ "find": { "name": { "regexp": "a".repeat(257) } } }] }),
+            "Too long",
+        ),
+    ];
+    for (name, spec, expected) in cases {
+        let message = create(&ns, "VaultSecret", name, spec).await.expect_err(name);
+        assert!(message.contains(expected), "{name}: {message}");
+    }
+}

@@ -143,6 +143,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "- name: VAULTSYNC_ALLOWED_TOKEN_AUDIENCES\n              value: \"api://AzureADTokenExchange,vault\"",
         "- name: VAULTSYNC_OPERATOR_IDENTITY_IN_VAULT_STORES\n              value: \"false\"",
         "- name: VAULTSYNC_RECONCILE_TIMEOUT\n              value: \"2m\"",
+        "- name: VAULTSYNC_CERTIFICATE_EXPIRY_WARNING\n              value: \"720h\"",
     ] {
         assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
     }
@@ -379,6 +380,8 @@ async fn service_account_has_exactly_the_rights_it_needs() {
         [&["patch", "vaultsecrets.vaultsync.dev", "--subresource=status"][..], &there].concat(),
         [&["patch", "vaultsecrets.vaultsync.dev"][..], &there].concat(),
         [&["get", "namespaces"][..], &there].concat(),
+        // A VaultSecret's templateFrom names a ConfigMap of its namespace.
+        [&["get", "configmaps"][..], &there].concat(),
         [&["patch", "secrets"][..], &there].concat(),
         [&["get", "vaultstores.vaultsync.dev"][..], &there].concat(),
         [&["create", "events.events.k8s.io"][..], &there].concat(),
@@ -399,7 +402,8 @@ async fn service_account_has_exactly_the_rights_it_needs() {
         [&["update", "vaultsecrets.vaultsync.dev"][..], &there].concat(),
         [&["delete", "vaultstores.vaultsync.dev"][..], &there].concat(),
         [&["create", "serviceaccounts"][..], &there].concat(),
-        [&["get", "configmaps"][..], &there].concat(),
+        vec!["list", "configmaps", "--all-namespaces"],
+        [&["watch", "configmaps"][..], &there].concat(),
         [&["create", "pods"][..], &there].concat(),
         [&["create", "pods", "--subresource=exec"][..], &there].concat(),
         [&["delete", "deployments.apps"][..], &there].concat(),

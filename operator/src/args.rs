@@ -47,6 +47,10 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub reconcile_timeout: Duration,
 
+    /// A Warning Event (`CertificateExpiring`) is published when a synced certificate expires within this time.
+    #[arg(long, env = "VAULTSYNC_CERTIFICATE_EXPIRY_WARNING", default_value = "720h", value_parser = parse_duration)]
+    pub certificate_expiry_warning: Duration,
+
     /// The request budget of a store that sets none: calls per second.
     #[arg(long, env = "VAULTSYNC_DEFAULT_RPS", default_value_t = 50)]
     pub default_requests_per_second: u32,

@@ -73,6 +73,10 @@ impl Operation {
 }
 
 impl Certificate {
+    pub(super) fn attributes_mut(&mut self) -> &mut Attributes {
+        &mut self.attributes
+    }
+
     fn leaf(&self) -> &[u8] {
         &self.chain[self.leaf]
     }

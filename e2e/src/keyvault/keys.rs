@@ -132,6 +132,10 @@ impl Versioned for Key {
 }
 
 impl Key {
+    pub(super) fn attributes_mut(&mut self) -> &mut Attributes {
+        &mut self.attributes
+    }
+
     /// The key a certificate version keeps (its operations are the RSA or EC defaults).
     pub(super) fn managed(version: &str, material: KeyMaterial, mut attributes: Attributes, exportable: bool) -> Self {
         attributes.exportable = Some(exportable);
@@ -208,6 +212,12 @@ pub(super) fn respond(keys: &mut Store<Key>, op: Op, name: &str, version: Option
         }
         Op::GetKey => {
             let (named, key) = keys.find(name, version)?;
+            if !key.attributes.enabled {
+                return Err(super::ApiError::forbidden(
+                    "Operation get is not allowed on a disabled key.",
+                    "KeyDisabled",
+                ));
+            }
             ok_json(key.bundle(url, &named.name))
         }
         Op::ListKeys => {

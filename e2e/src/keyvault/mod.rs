@@ -531,6 +531,22 @@ impl KeyVaultServer {
         found.attributes.apply(AttributeChange { enabled: Some(false), ..Default::default() });
     }
 
+    /// Disables the current version of certificate `name` with its key and secret, as updating the certificate's
+    /// attributes in Azure does; the secret then answers 403 `SecretDisabled`, the key 403 `KeyDisabled`.
+    pub fn disable_certificate(&self, name: &str) {
+        let mut vault = self.shared.lock();
+        let off = AttributeChange { enabled: Some(false), ..Default::default() };
+        let (_, certificate) =
+            vault.certificates.find_mut(name, None).unwrap_or_else(|_| panic!("no certificate {name}"));
+        certificate.attributes_mut().apply(off);
+        if let Ok((_, key)) = vault.keys.find_mut(name, None) {
+            key.attributes_mut().apply(off);
+        }
+        if let Ok((_, secret)) = vault.secrets.find_mut(name, None) {
+            secret.attributes.apply(off);
+        }
+    }
+
     /// A REST client for test setup, trusting only the test CA and resolving the vault's host.
     pub fn client(&self) -> anyhow::Result<KeyVaultClient> {
         KeyVaultClient::new(self, CLIENT_TOKEN)

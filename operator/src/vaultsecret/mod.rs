@@ -50,11 +50,14 @@ use crate::{
 
 mod cleanup;
 mod data_from;
+mod find;
+mod objects;
 pub mod plan;
 mod read;
 mod status;
 mod sync;
 mod target;
+mod templating;
 mod trigger;
 
 pub use target::CREATED_LABEL;
@@ -74,6 +77,8 @@ struct Written {
     secret: String,
     resource_version: String,
     data: SecretData,
+    /// What templates made besides data (type, labels, annotations).
+    meta: templating::SecretMeta,
     hmac: String,
 }
 
@@ -97,6 +102,10 @@ pub struct Context {
     requested: Mutex<std::collections::HashSet<String>>,
     /// The longest a reconcile may take before it is abandoned and retried.
     reconcile_timeout: Duration,
+    /// What each `dataFrom.find` read last, so an unchanged object is not read again.
+    find_memory: find::FindMemory,
+    /// How long before a synced certificate expires a Warning Event says so.
+    expiry_warning: Duration,
     /// When this process last read the vault for each VaultSecret: the schedule, kept out of the status so that
     /// unchanged content costs no write.
     schedule: Mutex<HashMap<String, Timestamp>>,
@@ -176,6 +185,8 @@ impl Context {
             rollouts: Arc::new(rollouts),
             requested: Mutex::default(),
             reconcile_timeout: args.reconcile_timeout,
+            find_memory: find::FindMemory::default(),
+            expiry_warning: args.certificate_expiry_warning,
             schedule: Mutex::default(),
         }
     }

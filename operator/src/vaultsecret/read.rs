@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
-use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes, budget};
+use vaultsync_backend::budget;
+use vaultsync_render::certificate::Validity;
 use vaultsync_stores::ResolvedStore;
 
-use super::{Sync, data_from::data_from, plan, status::NotSynced};
-use crate::render::{self, SecretData};
+use super::{Sync, data_from::data_from, objects, plan, status::NotSynced, templating::SecretMeta};
+use crate::render::SecretData;
 
 /// What a read produced.
 pub(super) struct Fetched {
@@ -17,6 +18,10 @@ pub(super) struct Fetched {
     pub versions: BTreeMap<String, String>,
     /// Objects `dataFrom.find` found but could not read, and why.
     pub skipped: Vec<(String, &'static str)>,
+    /// What templates made besides data.
+    pub meta: SecretMeta,
+    /// The certificates read, by the key they were read into.
+    pub certificates: Vec<(String, Validity)>,
 }
 
 impl Sync<'_> {
@@ -47,7 +52,7 @@ impl Sync<'_> {
 
     async fn read_all(&self, store: &ResolvedStore, read: plan::Read) -> Result<Fetched, NotSynced> {
         let reads = self.vs.spec.data.iter().map(|item| {
-            let object = VaultObject { name: item.remote_ref.name.clone(), version: item.remote_ref.version.clone() };
+            let object = objects::vault_object(&item.remote_ref);
             let (cache, backend) = (&self.ctx.cache, store.backend.clone());
             async move { cache.get(backend.as_ref(), &object, read.max_age).await }
         });
@@ -58,7 +63,7 @@ impl Sync<'_> {
         // dataFrom first: a key also named in `data` takes its value from `data`. Two dataFrom entries giving one key
         // are refused: which value wins would be an accident of order.
         for (index, source) in self.vs.spec.data_from.iter().enumerate() {
-            let entries = data_from(self.ctx, store, source, read.max_age).await?;
+            let entries = data_from(self.ctx, store, source, (self.map_key(), index), read.max_age).await?;
             skipped.extend(entries.skipped);
             for (key, value, version) in entries.keys {
                 if data.contains_key(&key) {
@@ -72,13 +77,13 @@ impl Sync<'_> {
                 versions.insert(key, version);
             }
         }
-        for (item, secret) in self.vs.spec.data.iter().zip(fetched) {
-            let object = &item.remote_ref.name;
-            let value = render::extract(secret.value.expose(), item.remote_ref.property.as_deref(), object)
-                .and_then(|v| render::decode(v, item.remote_ref.decoding, object))?;
-            data.insert(item.secret_key.clone(), SecretBytes::new(value));
-            versions.insert(item.secret_key.clone(), secret.version);
+        let items = self.render_items(fetched, &data).await?;
+        for (key, value, version) in items.keys {
+            data.insert(key.clone(), value);
+            versions.insert(key, version);
         }
-        Ok(Fetched { data, versions, skipped })
+        let (data, versions, meta) = self.apply_templates(data, versions).await?;
+        objects::check_tls(meta.type_.as_deref().or(self.vs.spec.target.type_.as_deref()), &data)?;
+        Ok(Fetched { data, versions, skipped, meta, certificates: items.certificates })
     }
 }

@@ -63,18 +63,22 @@ impl From<vaultsync_backend::Error> for NotSynced {
     fn from(e: vaultsync_backend::Error) -> Self {
         let retry = match &e {
             vaultsync_backend::Error::Throttled { retry_after } => retry_after.unwrap_or(Duration::from_secs(30)),
-            vaultsync_backend::Error::NotFound { .. } | vaultsync_backend::Error::Forbidden { .. } => {
-                Duration::from_secs(120)
-            }
+            vaultsync_backend::Error::NotFound { .. }
+            | vaultsync_backend::Error::Forbidden { .. }
+            | vaultsync_backend::Error::Disabled { .. } => Duration::from_secs(120),
             _ => Duration::from_secs(30),
         };
-        NotSynced::new(e.reason(), e.to_string(), retry)
+        let message = match &e {
+            vaultsync_backend::Error::Disabled { .. } => format!("{e}; the Secret keeps its last values"),
+            _ => e.to_string(),
+        };
+        NotSynced::new(e.reason(), message, retry)
     }
 }
 
 impl From<RenderError> for NotSynced {
     fn from(e: RenderError) -> Self {
-        NotSynced::new("InvalidValue", e.to_string(), Duration::from_secs(120))
+        NotSynced::new(e.reason(), e.to_string(), Duration::from_secs(120))
     }
 }
 

@@ -12,11 +12,11 @@ use kube::{
 use tracing::info;
 use vaultsync_api::{
     VaultSecretStatus,
-    secret::{SkippedObject, StoreKind},
+    secret::{CertificateStatus, SkippedObject, StoreKind},
 };
 
 use super::{
-    Error, Sync,
+    Error, Sync, objects,
     plan::{self, Decision, Facts, Interval, ReadReason},
     status::NotSynced,
     target::Target,
@@ -85,11 +85,11 @@ impl Sync<'_> {
             .lock()
             .expect("written lock")
             .get(&self.map_key())
-            .map(|w| (w.data.clone(), w.hmac.clone()));
-        let Some((data, hmac)) = remembered.filter(|(_, hmac)| hmac == expected) else { return Ok(false) };
+            .map(|w| (w.data.clone(), w.meta.clone(), w.hmac.clone()));
+        let Some((data, meta, hmac)) = remembered.filter(|(_, _, hmac)| hmac == expected) else { return Ok(false) };
         info!(secret = %self.target, "restoring the Secret from the last synced values");
         let target = self.target().await?;
-        let written = self.write(target, &data, &hmac).await?;
+        let written = self.write(target, &data, &meta, &hmac).await?;
         // The Secret's new resourceVersion is what a restarted operator compares with.
         let healed = VaultSecretStatus { secret_resource_version: written.resource_version(), ..status.clone() };
         self.patch_status(&healed)
@@ -133,7 +133,7 @@ impl Sync<'_> {
         if matches {
             self.ctx.metrics.sync("unchanged");
         } else {
-            let written = self.write(target, &fetched.data, &hmac).await?;
+            let written = self.write(target, &fetched.data, &fetched.meta, &hmac).await?;
             secret_resource_version = written.resource_version();
             self.ctx.metrics.sync("synced");
             let note = format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
@@ -157,6 +157,10 @@ impl Sync<'_> {
                 .take(100)
                 .map(|(name, reason)| SkippedObject { name: name.clone(), reason: reason.to_string() })
                 .collect(),
+            certificates: objects::expiries(&fetched.certificates)
+                .into_iter()
+                .map(|(secret_key, not_after)| CertificateStatus { secret_key, not_after: not_after.to_string() })
+                .collect(),
             secret_resource_version,
         };
         // Nothing to say when nothing changed: a refresh that finds the same content writes nothing.
@@ -164,6 +168,7 @@ impl Sync<'_> {
             new_status.synced_at = Some(now.to_string());
             self.patch_status(&new_status).await.map_err(Failure::Kube)?;
         }
+        self.warn_of_expiry(&fetched.certificates, now).await;
         // A change rolls the workloads that use it. A first sync, or a digest under a new HMAC key, records baselines
         // (the next change is then compared under the same key).
         if comparison != Comparison::Same {
@@ -204,6 +209,31 @@ impl Sync<'_> {
             StoreKind::ClusterVaultStore => format!("ClusterVaultStore/{}", spec.store_ref.name),
         };
         format!("{store}|{}", objects.join("|"))
+    }
+}
+
+impl Sync<'_> {
+    /// A Warning Event for each certificate that expires within the warning window (or has expired). No peer warns
+    /// before a synced certificate expires; this does at every read, which the Event recorder counts as one series.
+    async fn warn_of_expiry(&self, certificates: &[(String, vaultsync_render::certificate::Validity)], now: Timestamp) {
+        let window = self.ctx.expiry_warning.as_secs() as i64;
+        for (key, validity) in certificates {
+            let left = validity.not_after - now.as_second();
+            if left > window {
+                continue;
+            }
+            let at = Timestamp::from_second(validity.not_after).map(|t| t.to_string()).unwrap_or_default();
+            let note = if left <= 0 {
+                format!("the certificate in key {key} of Secret {} expired at {at}", self.target)
+            } else {
+                format!(
+                    "the certificate in key {key} of Secret {} expires at {at}, in {} day(s)",
+                    self.target,
+                    (left + 86_399) / 86_400
+                )
+            };
+            self.event(EventType::Warning, "CertificateExpiring", note).await;
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use vaultsync_api::secret::{CreationPolicy, DeletionPolicy};
 use vaultsync_backend::SecretBytes;
 
-use super::{FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Sync, Written, status::NotSynced};
+use super::{FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Sync, Written, status::NotSynced, templating::SecretMeta};
 use crate::render::{self, SecretData};
 
 /// On a Secret vaultsync created (rather than merged into): only such a Secret is ever deleted or replaced.
@@ -112,10 +112,14 @@ impl Sync<'_> {
         }
     }
 
-    /// The Secret vaultsync wants at the target, for a Secret it creates or owns.
-    fn desired(&self, data: &SecretData) -> Secret {
+    /// The Secret vaultsync wants at the target, for a Secret it creates or owns; what templates made (`meta`) goes
+    /// over the target's own type, labels and annotations.
+    fn desired(&self, data: &SecretData, meta: &SecretMeta) -> Secret {
         let spec = &self.vs.spec.target;
         let mut labels = spec.labels.clone();
+        labels.extend(meta.labels.clone());
+        let mut annotations = spec.annotations.clone();
+        annotations.extend(meta.annotations.clone());
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
         labels.insert(OWNER_LABEL.into(), self.name.clone());
         labels.insert(CREATED_LABEL.into(), "true".into());
@@ -131,11 +135,11 @@ impl Sync<'_> {
                 name: Some(self.target.clone()),
                 namespace: Some(self.namespace.clone()),
                 labels: Some(labels),
-                annotations: (!spec.annotations.is_empty()).then(|| spec.annotations.clone()),
+                annotations: (!annotations.is_empty()).then_some(annotations),
                 owner_references,
                 ..Default::default()
             },
-            type_: Some(spec.type_.clone().unwrap_or_else(|| "Opaque".into())),
+            type_: Some(meta.type_.clone().or_else(|| spec.type_.clone()).unwrap_or_else(|| "Opaque".into())),
             data: Some(bytes(data)),
             immutable: spec.immutable.then_some(true),
             ..Default::default()
@@ -144,20 +148,26 @@ impl Sync<'_> {
 
     /// Writes `data` to the target as `target` allows, remembers what was written, and returns the Secret as
     /// written.
-    pub(super) async fn write(&self, target: Target, data: &SecretData, hmac: &str) -> Result<Secret, NotSynced> {
+    pub(super) async fn write(
+        &self,
+        target: Target,
+        data: &SecretData,
+        meta: &SecretMeta,
+        hmac: &str,
+    ) -> Result<Secret, NotSynced> {
         let written = match target {
-            Target::Absent => self.create(data).await?,
-            Target::Created { converted } => self.apply_created(data, converted).await?,
+            Target::Absent => self.create(data, meta).await?,
+            Target::Created { converted } => self.apply_created(data, meta, converted).await?,
             Target::MergeInto => self.apply_merge(data).await?,
         };
-        self.remember(&written, data, hmac);
+        self.remember(&written, data, meta, hmac);
         Ok(written)
     }
 
     /// Creates the Secret; if one appeared since ownership was checked, decides again rather than adopt it.
-    async fn create(&self, data: &SecretData) -> Result<Secret, NotSynced> {
+    async fn create(&self, data: &SecretData, meta: &SecretMeta) -> Result<Secret, NotSynced> {
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        match self.secrets().create(&params, &self.desired(data)).await {
+        match self.secrets().create(&params, &self.desired(data, meta)).await {
             Ok(created) => {
                 self.ctx.metrics.apiserver_write("create", "secrets");
                 info!(secret = %self.target, "created the Secret");
@@ -167,7 +177,7 @@ impl Sync<'_> {
                 let late = format!("Secret {} was created by someone else before vaultsync's first write", self.target);
                 match self.target().await {
                     // Our own create, retried after a timeout: carry on with it.
-                    Ok(Target::Created { converted }) => self.apply_created(data, converted).await,
+                    Ok(Target::Created { converted }) => self.apply_created(data, meta, converted).await,
                     Ok(Target::Absent) => Err(NotSynced::new(
                         "SecretWriteFailed",
                         format!("{late}, and deleted again; trying again"),
@@ -185,11 +195,11 @@ impl Sync<'_> {
     }
 
     /// Server-side apply of the whole Secret vaultsync created; an immutable one whose content changed is replaced.
-    async fn apply_created(&self, data: &SecretData, converted: bool) -> Result<Secret, NotSynced> {
+    async fn apply_created(&self, data: &SecretData, meta: &SecretMeta, converted: bool) -> Result<Secret, NotSynced> {
         if !converted {
             self.convert_create_fields().await?;
         }
-        let desired = self.desired(data);
+        let desired = self.desired(data, meta);
         let params = PatchParams::apply(FIELD_MANAGER).force();
         match self.secrets().patch(&self.target, &params, &Patch::Apply(&desired)).await {
             Ok(applied) => {
@@ -352,22 +362,43 @@ impl Sync<'_> {
         let hmac = render::data_hmac(&self.ctx.hmac_key, &ours);
         let matches = hmac == expected && ours.len() == keys.len();
         if matches {
-            self.remember(&secret, &ours, &hmac);
+            let meta = self.remembered_meta(&secret);
+            self.remember(&secret, &ours, &meta, &hmac);
         }
         Ok(matches)
     }
 
     /// Remembers what the Secret holds after our write (or check): heals drift without a vault read.
-    fn remember(&self, secret: &Secret, data: &SecretData, hmac: &str) {
+    fn remember(&self, secret: &Secret, data: &SecretData, meta: &SecretMeta, hmac: &str) {
         self.ctx.written.lock().expect("written lock").insert(
             self.map_key(),
             Written {
                 secret: self.target.clone(),
                 resource_version: secret.resource_version().unwrap_or_default(),
                 data: data.clone(),
+                meta: meta.clone(),
                 hmac: hmac.into(),
             },
         );
+    }
+
+    /// What templates made at our last write, if this process remembers it; else (after a restart) what `secret`
+    /// holds under the names the templates make, so a Secret healed from memory keeps its templated type, labels
+    /// and annotations.
+    fn remembered_meta(&self, secret: &Secret) -> SecretMeta {
+        if let Some(written) = self.ctx.written.lock().expect("written lock").get(&self.map_key()) {
+            return written.meta.clone();
+        }
+        let Some(template) = &self.vs.spec.target.template else { return SecretMeta::default() };
+        let pick = |names: &std::collections::BTreeMap<String, String>,
+                    have: &std::collections::BTreeMap<String, String>| {
+            names.keys().filter_map(|k| Some((k.clone(), have.get(k)?.clone()))).collect()
+        };
+        SecretMeta {
+            type_: template.type_.as_ref().and(secret.type_.clone()),
+            labels: pick(&template.labels, secret.labels()),
+            annotations: pick(&template.annotations, secret.annotations()),
+        }
     }
 }
 
