@@ -25,7 +25,8 @@ pub use crate::http::{CallObserver, RetryPolicy, http_client};
 use base64::Engine as _;
 
 use crate::{
-    Attributes, Backend, Error, FetchedSecret, Listed, ObjectKind, ObjectRef, Result, SecretBytes,
+    Attributes, Backend, Checked, Error, FetchedSecret, Listed, ListedUpdates, ObjectKind, ObjectRef, Result,
+    SecretBytes,
     budget::RequestBudget,
     http::Caller,
     identity::{Endpoint, Identity, Principal},
@@ -209,6 +210,7 @@ struct BundleAttributes {
     enabled: Option<bool>,
     nbf: Option<i64>,
     exp: Option<i64>,
+    updated: Option<i64>,
 }
 
 impl AzureKeyVault {
@@ -261,6 +263,7 @@ impl AzureKeyVault {
             enabled: bundle.attributes.enabled.unwrap_or(true),
             not_before: bundle.attributes.nbf,
             expires: bundle.attributes.exp,
+            updated: bundle.attributes.updated,
         };
         if !attributes.enabled {
             return Err(Error::Disabled { object: object.to_string() });
@@ -271,6 +274,80 @@ impl AzureKeyVault {
             ObjectKind::Key => Some("application/jwk+json".into()),
         };
         Ok(FetchedSecret { value: SecretBytes::new(value), version, content_type, attributes })
+    }
+
+    /// The secrets whose names start with `prefix` (any case), page by page; `None` once more than `max_pages`
+    /// pages would be needed. Also the number of pages read.
+    async fn list_pages(&self, prefix: &str, max_pages: usize) -> Result<Option<(Vec<Listed>, usize)>> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(default)]
+            value: Vec<Item>,
+            #[serde(rename = "nextLink")]
+            next_link: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            id: String,
+            #[serde(default)]
+            attributes: ItemAttributes,
+            #[serde(default)]
+            tags: Option<std::collections::BTreeMap<String, String>>,
+        }
+        #[derive(Deserialize, Default)]
+        struct ItemAttributes {
+            enabled: Option<bool>,
+            nbf: Option<i64>,
+            exp: Option<i64>,
+            updated: Option<i64>,
+        }
+        let lower = prefix.to_ascii_lowercase();
+        let mut listed = Vec::new();
+        let mut url = format!("{}/secrets", self.endpoint.vault_url);
+        let mut query: &[(&str, &str)] = &[("maxresults", "25")];
+        let mut pages = 0;
+        loop {
+            if pages == max_pages {
+                return Ok(None);
+            }
+            pages += 1;
+            let page: Page = self
+                .call("list_secrets", &url, query, "the secrets list")
+                .await?
+                .json()
+                .await
+                .map_err(|_| Error::Protocol { message: "the secrets list is not a list".into() })?;
+            for item in page.value {
+                let Some(name) = item.id.rsplit('/').next().filter(|n| n.to_ascii_lowercase().starts_with(&lower))
+                else {
+                    continue;
+                };
+                listed.push(Listed {
+                    name: name.to_string(),
+                    enabled: item.attributes.enabled.unwrap_or(true),
+                    not_before: item.attributes.nbf,
+                    expires: item.attributes.exp,
+                    updated: item.attributes.updated,
+                    tags: item.tags.unwrap_or_default(),
+                });
+            }
+            match page.next_link {
+                None => break,
+                Some(next) if next.is_empty() => break,
+                Some(next) => {
+                    // Compared parsed: a link to another host (or scheme, or port) would carry our token there.
+                    if Origin::of(&next).as_ref() != Some(&self.endpoint.origin) {
+                        return Err(Error::Protocol {
+                            message: "the secrets list links its next page to another origin; refusing to follow"
+                                .into(),
+                        });
+                    }
+                    url = next;
+                    query = &[];
+                }
+            }
+        }
+        Ok(Some((listed, pages)))
     }
 
     /// One request with the budget, the token the vault's challenge calls for, and retries; a 200 is returned.
@@ -319,79 +396,30 @@ impl Backend for AzureKeyVault {
     /// Pages through the secrets list (25 a page), following `nextLink` only to this vault's own origin.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
         Box::pin(async move {
-            #[derive(Deserialize)]
-            struct Page {
-                #[serde(default)]
-                value: Vec<Item>,
-                #[serde(rename = "nextLink")]
-                next_link: Option<String>,
-            }
-            #[derive(Deserialize)]
-            struct Item {
-                id: String,
-                #[serde(default)]
-                attributes: ItemAttributes,
-                #[serde(default)]
-                tags: Option<std::collections::BTreeMap<String, String>>,
-            }
-            #[derive(Deserialize, Default)]
-            struct ItemAttributes {
-                enabled: Option<bool>,
-                nbf: Option<i64>,
-                exp: Option<i64>,
-                updated: Option<i64>,
-            }
-            let lower = prefix.to_ascii_lowercase();
-            let mut listed = Vec::new();
-            let mut url = format!("{}/secrets", self.endpoint.vault_url);
-            let mut query: &[(&str, &str)] = &[("maxresults", "25")];
-            loop {
-                let page: Page = self
-                    .call("list_secrets", &url, query, "the secrets list")
-                    .await?
-                    .json()
-                    .await
-                    .map_err(|_| Error::Protocol { message: "the secrets list is not a list".into() })?;
-                for item in page.value {
-                    let Some(name) = item.id.rsplit('/').next().filter(|n| n.to_ascii_lowercase().starts_with(&lower))
-                    else {
-                        continue;
-                    };
-                    listed.push(Listed {
-                        name: name.to_string(),
-                        enabled: item.attributes.enabled.unwrap_or(true),
-                        not_before: item.attributes.nbf,
-                        expires: item.attributes.exp,
-                        updated: item.attributes.updated,
-                        tags: item.tags.unwrap_or_default(),
-                    });
-                }
-                match page.next_link {
-                    None => break,
-                    Some(next) if next.is_empty() => break,
-                    Some(next) => {
-                        // Compared parsed: a link to another host (or scheme, or port) would carry our token there.
-                        if Origin::of(&next).as_ref() != Some(&self.endpoint.origin) {
-                            return Err(Error::Protocol {
-                                message: "the secrets list links its next page to another origin; refusing to follow"
-                                    .into(),
-                            });
-                        }
-                        url = next;
-                        query = &[];
-                    }
-                }
-            }
+            let (mut listed, _) = self.list_pages(prefix, usize::MAX).await?.unwrap_or_default();
             listed.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(listed)
         })
     }
 
-    /// Lists one secret name: needs a token and list permission, reads no value.
-    fn check(&self) -> BoxFuture<'_, Result<()>> {
+    fn list_updated(&self, max_pages: usize) -> Option<BoxFuture<'_, Result<Option<ListedUpdates>>>> {
+        Some(Box::pin(async move {
+            let Some((listed, pages)) = self.list_pages("", max_pages).await? else { return Ok(None) };
+            let updated = listed.into_iter().map(|l| (l.name.to_ascii_lowercase(), l.updated)).collect();
+            Ok(Some(ListedUpdates { updated, pages }))
+        }))
+    }
+
+    /// Lists one secret name, reading no value. A refusal to list (an access policy with `get` but not `list`) still
+    /// proves the token: the vault authenticated the caller before it refused.
+    fn check(&self) -> BoxFuture<'_, Result<Checked>> {
         Box::pin(async move {
             let url = format!("{}/secrets", self.endpoint.vault_url);
-            self.call("list_secrets", &url, &[("maxresults", "1")], "the secrets list").await.map(drop)
+            match self.call("list_secrets", &url, &[("maxresults", "1")], "the secrets list").await {
+                Ok(_) => Ok(Checked { can_list: Some(true) }),
+                Err(Error::Forbidden { .. }) => Ok(Checked { can_list: Some(false) }),
+                Err(e) => Err(e),
+            }
         })
     }
 }

@@ -15,7 +15,17 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{Backend, FetchedSecret, Identity, ObjectRef, Result};
+use crate::{
+    Backend, FetchedSecret, Identity, ObjectKind, ObjectRef, Result,
+    refresh::{ListIndex, UPDATED_MARGIN_SECS},
+};
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
 
 type Key = (Identity, ObjectRef);
 type Slot = Arc<tokio::sync::Mutex<Entry>>;
@@ -24,6 +34,8 @@ type Slot = Arc<tokio::sync::Mutex<Entry>>;
 #[derive(Default)]
 struct Entry {
     read: Option<(Instant, Result<FetchedSecret>)>,
+    /// When the last read started, in Unix seconds (compared with the vault's `updated` times).
+    read_unix: i64,
     keep: Duration,
 }
 
@@ -36,6 +48,8 @@ pub struct CacheStats {
     pub coalesced: AtomicU64,
     /// Went to the backend.
     pub misses: AtomicU64,
+    /// Older than the caller accepts, but a list no older than that showed the object unchanged.
+    pub validated: AtomicU64,
 }
 
 pub struct ReadCache {
@@ -44,6 +58,8 @@ pub struct ReadCache {
     slots: Mutex<HashMap<Key, Slot>>,
     last_prune: Mutex<Option<Instant>>,
     pub stats: CacheStats,
+    /// Lists that show which secrets changed (Key Vault), so unchanged ones are not read again.
+    pub lists: ListIndex,
 }
 
 impl ReadCache {
@@ -55,6 +71,7 @@ impl ReadCache {
             slots: Mutex::default(),
             last_prune: Mutex::default(),
             stats: CacheStats::default(),
+            lists: ListIndex::default(),
         }
     }
 
@@ -84,8 +101,29 @@ impl ReadCache {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return result.clone();
             }
+            // Too old, but a list of the vault may show it unchanged.
+            let updated = match result {
+                Ok(fetched) if object.version.is_none() && object.kind == ObjectKind::Secret => {
+                    fetched.attributes.updated.filter(|u| entry.read_unix >= u.saturating_add(UPDATED_MARGIN_SECS))
+                }
+                _ => None,
+            };
+            if let Some(updated) = updated {
+                let read_at = *at;
+                let demand = || self.demand(backend.identity());
+                if let Some(listed_at) =
+                    self.lists.confirms(backend, &object.name, updated, read_at, max_age, demand).await
+                {
+                    self.stats.validated.fetch_add(1, Ordering::Relaxed);
+                    if let Some((at, _)) = entry.read.as_mut() {
+                        *at = listed_at;
+                    }
+                    return entry.read.as_ref().map(|(_, r)| r.clone()).expect("the entry was just confirmed");
+                }
+            }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        entry.read_unix = unix_now();
         let result = backend.get(object).await;
         entry.read = Some((Instant::now(), result.clone()));
         drop(entry);
@@ -111,6 +149,12 @@ impl ReadCache {
             Ok(entry) => entry.read.as_ref().is_some_and(|(at, _)| at.elapsed() < entry.keep),
             Err(_) => true,
         });
+    }
+
+    /// The secrets cached for `identity` that a refresh would read again (latest versions): what a list replaces.
+    fn demand(&self, identity: &Identity) -> usize {
+        let slots = self.slots.lock().expect("cache lock");
+        slots.keys().filter(|(id, o)| id == identity && o.version.is_none() && o.kind == ObjectKind::Secret).count()
     }
 
     /// Forgets every entry of `object` (all identities), e.g. when the vault reports a new version.

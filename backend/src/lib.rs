@@ -11,6 +11,7 @@ mod error;
 pub mod http;
 pub mod identity;
 pub mod openbao;
+pub mod refresh;
 pub mod token;
 
 use std::fmt;
@@ -124,11 +125,13 @@ pub struct Attributes {
     pub enabled: bool,
     pub not_before: Option<i64>,
     pub expires: Option<i64>,
+    /// When the object last changed (a new version or new attributes): what a list shows without reading values.
+    pub updated: Option<i64>,
 }
 
 impl Default for Attributes {
     fn default() -> Self {
-        Attributes { enabled: true, not_before: None, expires: None }
+        Attributes { enabled: true, not_before: None, expires: None, updated: None }
     }
 }
 
@@ -167,7 +170,8 @@ pub struct Listed {
 impl Listed {
     /// Why this object cannot be read at `now` (Unix seconds): `Disabled`, `Expired`, `NotYetValid`.
     pub fn unreadable(&self, now: i64) -> Option<&'static str> {
-        Attributes { enabled: self.enabled, not_before: self.not_before, expires: self.expires }.unusable(now)
+        Attributes { enabled: self.enabled, not_before: self.not_before, expires: self.expires, updated: self.updated }
+            .unusable(now)
     }
 }
 
@@ -181,9 +185,33 @@ pub trait Backend: Send + Sync {
     fn get<'a>(&'a self, object: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>>;
 
     /// Proves the store works: a token can be had and the vault answers (one cheap call).
-    fn check(&self) -> BoxFuture<'_, Result<()>>;
+    fn check(&self) -> BoxFuture<'_, Result<Checked>>;
 
     /// The objects whose names start with `prefix` (OpenBao: the secrets directly in the folder `prefix`), sorted
     /// by name, for `dataFrom.find`. Lists names and attributes only, never values.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>>;
+
+    /// When each secret last changed, from a list of at most `max_pages` calls (Key Vault: 25 secrets a page); `Ok(None)`
+    /// when the list is longer. `None` for a vault whose list does not say when secrets changed (OpenBao), so
+    /// refreshing by listing is not possible there.
+    fn list_updated(&self, max_pages: usize) -> Option<BoxFuture<'_, Result<Option<ListedUpdates>>>> {
+        let _ = max_pages;
+        None
+    }
+}
+
+/// What a store check found besides "it works".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Whether the identity may list secrets (Key Vault); `None` where the check does not tell.
+    pub can_list: Option<bool>,
+}
+
+/// Every secret's last change, from one complete list.
+#[derive(Clone, Debug, Default)]
+pub struct ListedUpdates {
+    /// Lowercase name (Key Vault names are case-insensitive) -> `attributes.updated`.
+    pub updated: std::collections::HashMap<String, Option<i64>>,
+    /// The calls the list took.
+    pub pages: usize,
 }

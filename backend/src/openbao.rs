@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::{
-    Backend, Error, FetchedSecret, Listed, ObjectRef, Result, SecretBytes,
+    Backend, Checked, Error, FetchedSecret, Listed, ObjectRef, Result, SecretBytes,
     budget::RequestBudget,
     http::{CallObserver, Caller, RetryPolicy},
     identity::{Endpoint, Identity, Principal},
@@ -480,17 +480,17 @@ impl Backend for OpenBao {
         })
     }
 
-    fn check(&self) -> BoxFuture<'_, Result<()>> {
+    fn check(&self) -> BoxFuture<'_, Result<Checked>> {
         Box::pin(async move {
             let (token, logged_in) = self.token().await?;
             if logged_in || self.token_is_valid(&token).await? {
-                return Ok(());
+                return Ok(Checked::default());
             }
             if !self.auth.logs_in() {
                 return Err(refused_token());
             }
             self.invalidate(&token);
-            self.token().await.map(drop)
+            self.token().await.map(|_| Checked::default())
         })
     }
 }

@@ -315,3 +315,79 @@ async fn certificates_and_keys_are_their_own_objects_in_the_cache() {
         assert_eq!(error.reason(), "Disabled", "{kind}: {error:?}");
     }
 }
+
+/// Reads every `names` through the cache, accepting reads no older than `max_age`.
+async fn read_all(cache: &ReadCache, kv: &dyn Backend, names: &[String], max_age: Duration) {
+    for name in names {
+        cache.get(kv, &ObjectRef::latest(name), Some(max_age)).await.expect("read");
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_lists_the_vault_and_reads_only_what_changed() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    let names: Vec<String> = (0..100).map(|i| format!("app-{i:03}")).collect();
+    for name in &names {
+        vault.set_secret(name, "first");
+    }
+    // `updated` has whole seconds: a read is trusted against a list only well after the write it saw.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let kv = client(&vault, "token");
+    let cache = ReadCache::new(Duration::from_secs(60));
+    let max_age = Duration::from_secs(2);
+    read_all(&cache, &kv, &names, max_age).await;
+    assert_eq!((vault.calls(Op::GetSecret), vault.calls(Op::ListSecrets)), (100, 0), "the first reads are GETs");
+
+    // A refresh round: every cached read is older than accepted; one list of 4 pages shows them unchanged.
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    read_all(&cache, &kv, &names, max_age).await;
+    assert_eq!((vault.calls(Op::GetSecret), vault.calls(Op::ListSecrets)), (100, 4), "a list replaces 100 GETs");
+    assert_eq!(cache.stats.validated.load(std::sync::atomic::Ordering::Relaxed), 100);
+
+    // One secret changes: the next round lists again and reads that one alone, with its new value.
+    vault.set_secret("app-042", "second");
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    read_all(&cache, &kv, &names, max_age).await;
+    assert_eq!((vault.calls(Op::GetSecret), vault.calls(Op::ListSecrets)), (101, 8), "one GET for the changed one");
+    let changed = cache.get(&kv, &ObjectRef::latest("app-042"), Some(max_age)).await.expect("read");
+    assert_eq!(changed.value.expose(), b"second");
+
+    // A read that must see the vault as it is now never trusts a list.
+    cache.get(&kv, &ObjectRef::latest("app-001"), Some(Duration::ZERO)).await.expect("forced");
+    assert_eq!(vault.calls(Op::GetSecret), 102);
+
+    // An identity that may not list is read object by object, and the refusal is remembered: one refused list.
+    vault.forbid_listing(true);
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    read_all(&cache, &kv, &names, max_age).await;
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    read_all(&cache, &kv, &names, max_age).await;
+    assert_eq!(vault.calls(Op::ListSecrets), 9, "one refused list, then none");
+    assert_eq!(vault.calls(Op::GetSecret), 302, "two rounds of GETs");
+    assert!(cache.lists.refusal(kv.identity()).is_some_and(|why| why.contains("list permission")));
+}
+
+#[tokio::test]
+async fn a_list_longer_than_the_reads_it_replaces_is_not_taken() {
+    let vault = KeyVaultServer::start().await.expect("vault");
+    // 100 secrets in the vault (4 pages), 3 of them read: a list would cost more than reading the 3 again.
+    for i in 0..100 {
+        vault.set_secret(&format!("other-{i:03}"), "x");
+    }
+    let names: Vec<String> = (0..3).map(|i| format!("mine-{i}")).collect();
+    for name in &names {
+        vault.set_secret(name, "v");
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let kv = client(&vault, "token");
+    let cache = ReadCache::new(Duration::from_secs(60));
+    let max_age = Duration::from_secs(1);
+    for _ in 0..3 {
+        read_all(&cache, &kv, &names, max_age).await;
+        tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    }
+    // The first refresh learns that the list is longer than 2 pages (it stops after those); the next does not try.
+    assert_eq!(vault.calls(Op::ListSecrets), 2, "one list, stopped after 2 pages");
+    assert_eq!(cache.lists.stats.stopped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(vault.calls(Op::GetSecret), 9, "every round reads its 3 secrets");
+}

@@ -3,10 +3,7 @@
 //! values or object contents, so a scrape cannot leak a secret and label cardinality stays bounded.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -169,16 +166,16 @@ impl Metrics {
         }
     }
 
-    /// Publishes the read cache's running totals (since process start) as the counter
-    /// `vaultsync_cache_reads_total{result="hit"|"coalesced"|"miss"}`.
+    /// Publishes the read cache's running totals (since process start) as the counters
+    /// `vaultsync_cache_reads_total{result="hit"|"coalesced"|"miss"|"validated"}` and
+    /// `vaultsync_refresh_lists_total{result="complete"|"stopped"|"refused"}`.
     ///
     /// The cache keeps its own totals, so they are copied here as absolute values and reported through
     /// a collector as const counters: Prometheus sees a true counter (rate() works) and no deltas have to
     /// be tracked. Callers should pass totals that only grow.
-    pub fn set_cache_stats(&self, hits: u64, coalesced: u64, misses: u64) {
-        self.cache_reads.hits.store(hits, Ordering::Relaxed);
-        self.cache_reads.coalesced.store(coalesced, Ordering::Relaxed);
-        self.cache_reads.misses.store(misses, Ordering::Relaxed);
+    pub fn set_cache_stats(&self, totals: CacheTotals) {
+        // A poisoned lock still holds plain numbers: take it over.
+        *self.cache_reads.totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = totals;
     }
 
     /// Sets the number of objects waiting to be reconciled.
@@ -230,25 +227,61 @@ impl Drop for ReconcileTimer {
     }
 }
 
-/// The read cache's totals, encoded on each scrape as `vaultsync_cache_reads_total{result}`.
+/// The read cache's running totals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheTotals {
+    /// Answered from the cache.
+    pub hits: u64,
+    /// Joined a read already in flight.
+    pub coalesced: u64,
+    /// Went to the vault.
+    pub misses: u64,
+    /// Older than the caller accepts, but shown unchanged by a list of the vault (no read).
+    pub validated: u64,
+    /// Complete lists of a vault taken to validate cached reads.
+    pub lists: u64,
+    /// Lists stopped because they would have cost more calls than the reads they replace.
+    pub lists_stopped: u64,
+    /// Lists the vault refused (the identity may not list).
+    pub lists_refused: u64,
+}
+
+/// The read cache's totals, encoded on each scrape as `vaultsync_cache_reads_total{result}` and
+/// `vaultsync_refresh_lists_total{result}`.
 #[derive(Debug, Default)]
 struct CacheReads {
-    hits: AtomicU64,
-    coalesced: AtomicU64,
-    misses: AtomicU64,
+    totals: Mutex<CacheTotals>,
 }
 
 impl Collector for CacheReads {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "cache_reads",
-            "Backend reads asked of the read cache, by result (hit, coalesced with a read in flight, miss)",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (result, total) in [("hit", &self.hits), ("coalesced", &self.coalesced), ("miss", &self.misses)] {
-            let labels = [("result", result)];
-            ConstCounter::new(total.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
+        let totals = *self.totals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        type Family<'a> = (&'a str, &'a str, &'a [(&'a str, u64)]);
+        let families: [Family; 2] = [
+            (
+                "cache_reads",
+                "Backend reads asked of the read cache, by result (hit, coalesced with a read in flight, miss: read \
+                 at the vault, validated: shown unchanged by a list)",
+                &[
+                    ("hit", totals.hits),
+                    ("coalesced", totals.coalesced),
+                    ("miss", totals.misses),
+                    ("validated", totals.validated),
+                ],
+            ),
+            (
+                "refresh_lists",
+                "Lists of a vault taken to find which cached secrets changed, by result (complete, stopped: longer \
+                 than the reads it would replace, refused: the identity may not list)",
+                &[("complete", totals.lists), ("stopped", totals.lists_stopped), ("refused", totals.lists_refused)],
+            ),
+        ];
+        for (name, help, counts) in families {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for &(result, total) in counts {
+                ConstCounter::new(total).encode(family.encode_family(&[("result", result)])?)?;
+            }
         }
         Ok(())
     }
@@ -267,7 +300,14 @@ mod tests {
         metrics.sync("error_not_found");
         metrics.apiserver_write("update", "secrets");
         metrics.rollout("Deployment", "restarted");
-        metrics.set_cache_stats(7, 3, 2);
+        metrics.set_cache_stats(CacheTotals {
+            hits: 7,
+            coalesced: 3,
+            misses: 2,
+            validated: 9,
+            lists: 1,
+            ..Default::default()
+        });
         metrics.set_queue_depth(4);
         drop(metrics.reconcile_timer());
 
@@ -281,6 +321,9 @@ mod tests {
             r#"vaultsync_cache_reads_total{result="hit"} 7"#,
             r#"vaultsync_cache_reads_total{result="coalesced"} 3"#,
             r#"vaultsync_cache_reads_total{result="miss"} 2"#,
+            r#"vaultsync_cache_reads_total{result="validated"} 9"#,
+            r#"vaultsync_refresh_lists_total{result="complete"} 1"#,
+            r#"vaultsync_refresh_lists_total{result="refused"} 0"#,
             "vaultsync_queue_depth 4",
             "vaultsync_reconciles_in_flight 0",
             "vaultsync_reconcile_duration_seconds_count 1",
@@ -311,8 +354,9 @@ mod tests {
     #[test]
     fn cache_stats_replace_rather_than_add() {
         let metrics = Metrics::new();
-        metrics.set_cache_stats(1, 1, 1);
-        metrics.set_cache_stats(10, 5, 2);
+        let totals = |n| CacheTotals { hits: n, coalesced: n / 2, ..Default::default() };
+        metrics.set_cache_stats(totals(1));
+        metrics.set_cache_stats(totals(10));
         let text = metrics.encode();
         assert!(text.contains(r#"vaultsync_cache_reads_total{result="hit"} 10"#), "{text}");
         assert!(text.contains(r#"vaultsync_cache_reads_total{result="coalesced"} 5"#), "{text}");

@@ -141,7 +141,15 @@ async fn reconcile<K: StoreObject>(store: Arc<K>, ctx: Arc<Context>) -> Result<A
     let generation = store.meta().generation.unwrap_or_default();
     let checked = ctx.stores.check(&key, generation, store.provider(), store.budget(), namespace.as_deref()).await;
     let (status, reason, message, retry) = match checked {
-        Ok(()) => ("True", "Valid", "a token was obtained and the vault answered".to_string(), 600),
+        Ok(vaultsync_backend::Checked { can_list: Some(false) }) => (
+            "True",
+            "Valid",
+            "a token was obtained and the vault answered; the identity may not list secrets, so each object is read \
+             again at each refresh instead of only those a list shows changed"
+                .to_string(),
+            600,
+        ),
+        Ok(_) => ("True", "Valid", "a token was obtained and the vault answered".to_string(), 600),
         Err((reason, message)) => ("False", reason, message, 60),
     };
     let old = store.status().cloned().unwrap_or_default();

@@ -110,3 +110,41 @@ async fn a_refresh_that_finds_the_same_content_writes_nothing() {
     assert_eq!(env.metric("vaultsync_apiserver_writes_total").await, writes, "the operator counted no write either");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn refreshes_of_many_key_vault_secrets_list_the_vault_instead_of_reading_each() {
+    let env = Env::start("sched-list").await;
+    let count = 60; // three list pages
+    for i in 0..count {
+        env.vault.set_secret(&format!("app-{i}"), &format!("value-{i}"));
+    }
+    // `updated` has whole seconds: reads made within 5 s of a write are not trusted against a list.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for i in 0..count {
+        let mut spec = one_key("k", &format!("app-{i}"));
+        spec["refreshInterval"] = json!("10s");
+        env.apply_vault_secret(&format!("vs-{i}"), spec).await;
+    }
+    for i in 0..count {
+        env.wait_reason(&format!("vs-{i}"), "Synced").await;
+    }
+    let (gets, lists) = (env.vault.calls(Op::GetSecret), env.vault.calls(Op::ListSecrets));
+    assert_eq!(gets, count as u64, "the first syncs read each object (the store's check listed one name)");
+
+    // Two rounds of routine refreshes: lists of three pages show every object unchanged; no value is read again.
+    let unchanged = env.metric(r#"vaultsync_syncs_total{result="unchanged"}"#).await;
+    env.wait_metric_at_least(r#"vaultsync_syncs_total{result="unchanged"}"#, unchanged + 2 * count as u64).await;
+    let (round_gets, round_lists) = (env.vault.calls(Op::GetSecret) - gets, env.vault.calls(Op::ListSecrets) - lists);
+    assert_eq!(round_gets, 0, "no GET for an unchanged object");
+    assert!(round_lists > 0 && round_lists <= 4 * 3, "a list or two per interval, 3 pages each: {round_lists} calls");
+    // The cache's totals reach the metrics every few seconds.
+    env.wait_metric_at_least(r#"vaultsync_cache_reads_total{result="validated"}"#, 2 * count as u64).await;
+    env.wait_metric_at_least(r#"vaultsync_refresh_lists_total{result="complete"}"#, 1).await;
+
+    // A rotated object is seen in the next list and read alone; its VaultSecret gets the new value.
+    let gets = env.vault.calls(Op::GetSecret);
+    env.vault.set_secret("app-7", "rotated");
+    env.wait_secret_value_within("vs-7", "k", "rotated", Duration::from_secs(25)).await;
+    assert_eq!(env.vault.calls(Op::GetSecret) - gets, 1, "only the rotated object is read");
+    env.finish().await;
+}

@@ -117,5 +117,13 @@ async fn store_status_reports_whether_the_store_works() {
     env.apply_store("no-secret", spec).await;
     let invalid = ready("no-secret", "InvalidSpec").await;
     assert!(invalid.message.contains("client secret Secret"), "{}", invalid.message);
+
+    // An identity that may read secrets but not list them (an access policy with `get` only): the store works, and
+    // says that refreshes cannot list.
+    env.vault.forbid_listing(true);
+    env.apply_store("get-only", env.store_spec()).await;
+    let get_only = ready("get-only", "Valid").await;
+    assert_eq!(get_only.status, "True");
+    assert!(get_only.message.contains("may not list secrets"), "{}", get_only.message);
     env.finish().await;
 }

@@ -337,7 +337,7 @@ impl Stores {
         provider: &Provider,
         budget: Option<&BudgetSpec>,
         store_namespace: Option<&str>,
-    ) -> Result<(), (&'static str, String)> {
+    ) -> Result<vaultsync_backend::Checked, (&'static str, String)> {
         let backend = self
             .backend(key, generation, provider, budget, store_namespace, &Requester::Operator)
             .await

@@ -311,6 +311,8 @@ struct Vault {
     /// Certificate name (lowercase) -> its last creation operation.
     operations: HashMap<String, certificates::Operation>,
     forbidden: HashSet<String>,
+    /// Refuses listing secrets, as an access policy with `get` but not `list` does.
+    listing_forbidden: bool,
     faults: VecDeque<Fault>,
     required_token: Option<String>,
     calls: HashMap<Op, u64>,
@@ -326,6 +328,7 @@ impl Default for Vault {
             certificates: Store::new(Kind::Certificate),
             operations: HashMap::new(),
             forbidden: HashSet::new(),
+            listing_forbidden: false,
             faults: VecDeque::new(),
             required_token: None,
             calls: HashMap::new(),
@@ -487,6 +490,12 @@ impl KeyVaultServer {
     /// Denies reads of `secret_name` as Azure RBAC does when no role assignment covers it.
     pub fn forbid(&self, secret_name: &str) {
         self.shared.lock().forbidden.insert(secret_name.to_ascii_lowercase());
+    }
+
+    /// Refuses (or allows again) listing secrets, as Azure does for an identity whose access policy grants `get` but
+    /// not `list`.
+    pub fn forbid_listing(&self, forbidden: bool) {
+        self.shared.lock().listing_forbidden = forbidden;
     }
 
     /// `None` accepts any non-empty bearer token; `Some` accepts only that one.

@@ -133,6 +133,13 @@ impl Vault {
         match op {
             Op::GetSecret => self.get_secret(url, name, version),
             Op::ListSecrets => {
+                if self.listing_forbidden {
+                    return Err(ApiError::forbidden(
+                        "The user, group or application does not have secrets list permission on key vault. For help \
+                         resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
+                        "ForbiddenByPolicy",
+                    ));
+                }
                 let items = self.secrets.live.values().filter_map(|s| Some(s.current()?.item(url, &s.name, false)));
                 request.page("secrets", items.collect())
             }

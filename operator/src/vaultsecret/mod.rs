@@ -345,9 +345,17 @@ async fn report_backlog(
             })
             .count();
         ctx.metrics.set_queue_depth(i64::try_from(waiting).unwrap_or(i64::MAX));
-        let stats = &ctx.cache.stats;
+        let (stats, lists) = (&ctx.cache.stats, &ctx.cache.lists.stats);
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        ctx.metrics.set_cache_stats(load(&stats.hits), load(&stats.coalesced), load(&stats.misses));
+        ctx.metrics.set_cache_stats(crate::metrics::CacheTotals {
+            hits: load(&stats.hits),
+            coalesced: load(&stats.coalesced),
+            misses: load(&stats.misses),
+            validated: load(&stats.validated),
+            lists: load(&lists.lists),
+            lists_stopped: load(&lists.stopped),
+            lists_refused: load(&lists.refused),
+        });
     }
 }
 

@@ -1,0 +1,142 @@
+//! Refreshing by listing: a Key Vault list page carries `attributes.updated` for 25 secrets, so a cached read whose
+//! `updated` the vault still lists is current without reading the value again. For an identity with many cached
+//! secrets, one list per refresh round replaces a GET per secret; only what changed is read.
+//!
+//! The list is taken only when it costs fewer calls than the reads it replaces (it stops as soon as it would not:
+//! a list never costs more than the GETs), is shared by every read of the identity while it is fresh enough for
+//! them, and is never used by a read that must see the vault as it is now (a forced sync). An identity that may
+//! not list is remembered and read object by object.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{Backend, Error, Identity, ListedUpdates};
+
+/// How long an identity refused a list is read object by object before listing is tried again.
+const REFUSED_FOR: Duration = Duration::from_secs(3600);
+/// How long after a failed list (throttled, unavailable) listing is tried again.
+const FAILED_FOR: Duration = Duration::from_secs(60);
+/// A cached read is trusted to match a list only if it was made this long after the `updated` time it carries:
+/// `updated` has whole seconds, and a new version written in the same second as the cached one would show the
+/// same time. The margin also covers clocks a few seconds apart.
+pub const UPDATED_MARGIN_SECS: i64 = 5;
+
+/// One complete list of an identity's vault.
+struct Snapshot {
+    /// When the list started: an update before that shows in it.
+    at: Instant,
+    updates: ListedUpdates,
+}
+
+#[derive(Default)]
+struct State {
+    snapshot: Option<Arc<Snapshot>>,
+    /// Pages the vault's list took (or at least needs, when a list stopped early).
+    pages: Option<usize>,
+    /// No list before this (refused, failed, or not worth it for now).
+    quiet_until: Option<Instant>,
+    /// Why the last list was refused, while it is.
+    refused: Option<String>,
+}
+
+/// Counters of the list path.
+#[derive(Default, Debug)]
+pub struct RefreshStats {
+    /// Complete lists taken.
+    pub lists: std::sync::atomic::AtomicU64,
+    /// Lists stopped because they would have cost more calls than the reads they replace.
+    pub stopped: std::sync::atomic::AtomicU64,
+    /// Lists the vault refused (the identity may not list).
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// Per identity: the last list of its vault, and whether listing is worth it or allowed.
+#[derive(Default)]
+pub struct ListIndex {
+    states: Mutex<HashMap<Identity, Arc<tokio::sync::Mutex<State>>>>,
+    pub stats: RefreshStats,
+}
+
+impl ListIndex {
+    fn state(&self, identity: &Identity) -> Arc<tokio::sync::Mutex<State>> {
+        self.states.lock().expect("index lock").entry(identity.clone()).or_default().clone()
+    }
+
+    /// Why `identity` may not list, if the vault refused its last list.
+    pub fn refusal(&self, identity: &Identity) -> Option<String> {
+        let state = self.states.lock().expect("index lock").get(identity).cloned()?;
+        state.try_lock().ok()?.refused.clone()
+    }
+
+    /// The time a list showed `name` still at `updated`, if there is a list no older than `max_age` taken after
+    /// `read_at` (the cached read's time), taking one when `demand` (the identity's cached secrets that will need a
+    /// refresh) is more than the pages a list costs. `None`: read the object.
+    pub async fn confirms(
+        &self,
+        backend: &dyn Backend,
+        name: &str,
+        updated: i64,
+        read_at: Instant,
+        max_age: Duration,
+        demand: impl FnOnce() -> usize,
+    ) -> Option<Instant> {
+        if max_age.is_zero() {
+            return None;
+        }
+        let state = self.state(backend.identity());
+        // Reads waiting here share the list the first one takes.
+        let mut state = state.lock().await;
+        let usable = |s: &Snapshot| s.at > read_at && s.at.elapsed() < max_age;
+        let snapshot = match state.snapshot.clone().filter(|s| usable(s)) {
+            Some(snapshot) => snapshot,
+            None => {
+                let now = Instant::now();
+                if state.quiet_until.is_some_and(|until| now < until) {
+                    return None;
+                }
+                let demand = demand();
+                // The list must cost fewer calls than reading every cached secret once.
+                let max_pages = demand.saturating_sub(1);
+                if state.pages.is_some_and(|pages| pages > max_pages) || max_pages == 0 {
+                    state.quiet_until = Some(now + max_age / 2);
+                    return None;
+                }
+                let list = backend.list_updated(max_pages)?;
+                match list.await {
+                    Ok(Some(updates)) => {
+                        self.stats.lists.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.pages = Some(updates.pages);
+                        state.refused = None;
+                        state.quiet_until = None;
+                        let snapshot = Arc::new(Snapshot { at: now, updates });
+                        state.snapshot = Some(snapshot.clone());
+                        snapshot
+                    }
+                    Ok(None) => {
+                        self.stats.stopped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.pages = Some(max_pages + 1);
+                        state.quiet_until = Some(now + max_age / 2);
+                        return None;
+                    }
+                    Err(Error::Forbidden { message, .. }) => {
+                        self.stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.refused = Some(message);
+                        state.quiet_until = Some(now + REFUSED_FOR);
+                        return None;
+                    }
+                    Err(_) => {
+                        state.quiet_until = Some(now + FAILED_FOR);
+                        return None;
+                    }
+                }
+            }
+        };
+        let listed = snapshot.updates.updated.get(&name.to_ascii_lowercase())?;
+        (*listed == Some(updated)).then_some(snapshot.at)
+    }
+}
