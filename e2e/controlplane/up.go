@@ -33,6 +33,7 @@ const controllers = "deployment-controller,replicaset-controller,statefulset-con
 
 type component struct {
 	name    string
+	args    []string
 	cmd     *exec.Cmd
 	logPath string
 	exited  chan error
@@ -41,6 +42,9 @@ type component struct {
 type plane struct {
 	dir        string
 	components []*component
+	// The apiserver's URL and an admin client of it, for readiness checks after a restart.
+	server string
+	admin  *http.Client
 }
 
 func up(args []string) int {
@@ -89,12 +93,21 @@ func up(args []string) int {
 	}
 	fmt.Printf("READY kubeconfig=%s\n", kubeconfig)
 
+	restarts := restartRequests()
 	exitCode := 0
-	select {
-	case <-stop:
-	case c := <-p.anyExited():
-		fmt.Fprintf(os.Stderr, "error: %s exited unexpectedly\n%s", c.name, tail(c.logPath, 30))
-		exitCode = 1
+	for running := true; running; {
+		select {
+		case <-stop:
+			running = false
+		case <-restarts:
+			if err := p.restartAPIServer(*timeout, stop); err != nil {
+				fmt.Fprintln(os.Stderr, "error:", err)
+				exitCode, running = 1, false
+			}
+		case c := <-p.anyExited():
+			fmt.Fprintf(os.Stderr, "error: %s exited unexpectedly\n%s", c.name, tail(c.logPath, 30))
+			exitCode, running = 1, false
+		}
 	}
 	p.stopAll()
 	return exitCode
@@ -155,6 +168,7 @@ func (p *plane) start(apiPort, etcdPort int, timeout time.Duration, stop <-chan 
 	if err != nil {
 		return "", err
 	}
+	p.server, p.admin = server, admin
 	if err := waitFor(apiserver, deadline, stop, func() bool { return get(admin, server+"/readyz") == 200 }); err != nil {
 		return "", err
 	}
@@ -202,7 +216,7 @@ func (p *plane) spawn(name string, args ...string) (*component, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	c := &component{name: name, cmd: cmd, logPath: logPath, exited: make(chan error, 1)}
+	c := &component{name: name, args: args, cmd: cmd, logPath: logPath, exited: make(chan error, 1)}
 	go func() {
 		c.exited <- cmd.Wait()
 		logFile.Close()
