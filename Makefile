@@ -15,6 +15,7 @@ tools:
 	@scripts/build-controlplane.sh
 	@scripts/install-emulators.sh
 	@scripts/install-azure-sdk.sh
+	@scripts/build-toxiproxy.sh
 
 ## test: build what is needed and run every test against the real components
 test: tools

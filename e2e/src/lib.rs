@@ -13,5 +13,6 @@ pub mod liveness;
 pub mod openbao;
 pub mod process;
 pub mod tls;
+pub mod toxiproxy;
 
 pub use controlplane::{ControlPlane, TestNamespace, eventually, install_crds, service_account_token};

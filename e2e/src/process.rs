@@ -70,6 +70,18 @@ impl Supervised {
         Ok(Self { name: name.to_string(), log, child, _stdin: stdin })
     }
 
+    /// The process id of the supervised program itself (the supervisor's only child), while it runs.
+    pub fn program_pid(&self) -> Option<u32> {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Whether the supervisor (and so the program) has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Polls `ready` until it holds; fails with the log tail if the process exits or time runs out.
     pub fn wait_ready(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;

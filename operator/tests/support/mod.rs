@@ -103,6 +103,35 @@ fn assert_free_of(text: &str, what: &str, values: &[&str]) {
     }
 }
 
+/// The reader service account in `ns`, the Key Vault test server, and the Entra test server federated with that
+/// account (its tokens living `token_lifetime`, by default Entra's hour), the vault accepting only Entra's token.
+pub async fn azure_servers(ns: &TestNamespace, token_lifetime: Option<Duration>) -> (KeyVaultServer, EntraServer) {
+    let accounts: Api<ServiceAccount> = ns.api();
+    let sa = ServiceAccount {
+        metadata: ObjectMeta { name: Some(READER_SA.into()), ..Default::default() },
+        ..Default::default()
+    };
+    accounts.create(&PostParams::default(), &sa).await.expect("service account");
+    let access_token = format!("token-for-{}", ns.name);
+    let federation = Federation {
+        client_id: CLIENT_ID.into(),
+        subject: format!("system:serviceaccount:{}:{READER_SA}", ns.name),
+        audience: "api://AzureADTokenExchange".into(),
+        access_token: access_token.clone(),
+    };
+    // The vault's 401 challenge names the store's tenant and the vault's own origin as the resource, which the
+    // Entra server issues tokens for.
+    let vault =
+        KeyVaultServer::builder().authority("https://login.microsoftonline.com", TENANT).start().await.expect("vault");
+    let mut entra = EntraServer::builder(Some(ns.client.clone())).federation(federation);
+    if let Some(lifetime) = token_lifetime {
+        entra = entra.token_lifetime(lifetime);
+    }
+    let entra = entra.resource(vault.challenge_resource()).start().await.expect("entra");
+    vault.require_bearer(Some(access_token));
+    (vault, entra)
+}
+
 impl Env {
     /// A namespace with the reader service account, the test servers, a VaultStore `kv` using
     /// workload identity, and the operator running.
@@ -110,33 +139,7 @@ impl Env {
         capture_logs();
         let ns = TestNamespace::new(prefix).await;
         install_crds(&ns.client).await;
-        let accounts: Api<ServiceAccount> = ns.api();
-        let sa = ServiceAccount {
-            metadata: ObjectMeta { name: Some(READER_SA.into()), ..Default::default() },
-            ..Default::default()
-        };
-        accounts.create(&PostParams::default(), &sa).await.expect("service account");
-        let access_token = format!("token-for-{}", ns.name);
-        let federation = Federation {
-            client_id: CLIENT_ID.into(),
-            subject: format!("system:serviceaccount:{}:{READER_SA}", ns.name),
-            audience: "api://AzureADTokenExchange".into(),
-            access_token: access_token.clone(),
-        };
-        // The vault's 401 challenge names the store's tenant and the vault's own origin as the resource, which the
-        // Entra server issues tokens for.
-        let vault = KeyVaultServer::builder()
-            .authority("https://login.microsoftonline.com", TENANT)
-            .start()
-            .await
-            .expect("vault");
-        let entra = EntraServer::builder(Some(ns.client.clone()))
-            .federation(federation)
-            .resource(vault.challenge_resource())
-            .start()
-            .await
-            .expect("entra");
-        vault.require_bearer(Some(access_token));
+        let (vault, entra) = azure_servers(&ns, None).await;
         let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
         let operator_client = vaultsync_e2e::chart::operator_client(&ns, &[]).await;
         let mut env = Env {
