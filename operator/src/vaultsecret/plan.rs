@@ -147,6 +147,17 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     }
 }
 
+/// How long a VaultSecret waits after a failure whose own backoff is `backoff`: never longer than its refresh
+/// interval, so it is back within one interval of the fault's end (and a failing VaultSecret never asks the vault
+/// more often than a healthy one reads it), unless the vault itself asked for the wait (`Retry-After`), which is
+/// honoured.
+pub fn retry_after_failure(backoff: Duration, interval: Interval, vault_asked: bool) -> Duration {
+    match interval {
+        Interval::Every(every) if !vault_asked => backoff.min(every),
+        _ => backoff,
+    }
+}
+
 /// When the next routine refresh is due after a read at `now`: the interval stretched by `jitter` (0 to 0.1) so
 /// that many VaultSecrets on one interval spread out. `None` for [`Interval::Once`] or if the time cannot be
 /// represented (never for an interval within the bounds).
@@ -270,6 +281,22 @@ mod tests {
             decide(&facts(&status)),
             Decision::Check { expected: "hmac-sha256:k:abc".into(), next: Some(Duration::from_secs(1)) }
         );
+    }
+
+    #[test]
+    fn failures_are_retried_within_the_refresh_interval() {
+        let s = Duration::from_secs;
+        let table = [
+            // backoff, interval, the vault asked, wait
+            (s(30), Interval::Every(s(10)), false, s(10)),
+            (s(30), Interval::Every(s(3600)), false, s(30)),
+            (s(300), Interval::Every(s(60)), false, s(60)),
+            (s(30), Interval::Every(s(10)), true, s(30)),
+            (s(30), Interval::Once, false, s(30)),
+        ];
+        for (backoff, interval, asked, wait) in table {
+            assert_eq!(retry_after_failure(backoff, interval, asked), wait, "{backoff:?} {interval:?} {asked}");
+        }
     }
 
     #[test]
