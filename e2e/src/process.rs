@@ -70,11 +70,13 @@ impl Supervised {
         Ok(Self { name: name.to_string(), log, child, _stdin: stdin })
     }
 
-    /// The process id of the supervised program itself (the supervisor's only child), while it runs.
+    /// The process id of the supervised program itself (the supervisor's only child), while it runs. Linux lists
+    /// children per thread of the parent, and the supervisor may have started it from any of its threads.
     pub fn program_pid(&self) -> Option<u32> {
-        let pid = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-        children.split_whitespace().next()?.parse().ok()
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+            .find_map(|children| children.split_whitespace().next()?.parse().ok())
     }
 
     /// Whether the supervisor (and so the program) has exited.

@@ -34,7 +34,8 @@ use vaultsync_e2e::{
 
 use crate::support::{CLIENT_ID, READER_SA, TENANT, http_get, metric_sum};
 
-/// Every VaultSecret of the suite refreshes this often (the CRD's minimum), so "two refresh intervals" is 20 s.
+/// Every VaultSecret of the suite refreshes this often unless a case says otherwise (the CRD's minimum), so "two
+/// refresh intervals" is 20 s.
 pub const REFRESH: Duration = Duration::from_secs(10);
 /// The Key Vault client's per-attempt cap (`backend/src/http.rs`): a fault adds attempts, never more than this.
 pub const MAX_ATTEMPTS: u64 = 4;
@@ -44,12 +45,27 @@ pub const MAX_ATTEMPTS: u64 = 4;
 pub struct Options {
     /// The lifetime of Entra's tokens.
     pub token_lifetime: Duration,
+    /// The VaultSecrets' refresh interval.
+    pub refresh: Duration,
+    /// The vault objects live in OpenBao (behind its own proxy, token auth) instead of the Key Vault test server.
+    pub openbao: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { token_lifetime: Duration::from_secs(3599) }
+        Self { token_lifetime: Duration::from_secs(3599), refresh: REFRESH, openbao: false }
     }
+}
+
+/// Where the lab's vault objects live.
+pub enum Source {
+    KeyVault,
+    /// OpenBao (root client for setup, the KV v2 mount), behind `proxy`.
+    OpenBao {
+        root: vaultsync_e2e::openbao::BaoClient,
+        mount: String,
+        proxy: Proxy,
+    },
 }
 
 /// The operator binary as a process of its own, under the project's supervisor (so it never outlives the tests).
@@ -209,6 +225,8 @@ pub struct Row {
     pub cpu_percent: f64,
     /// From the end of the fault until every VaultSecret was Ready with the vault's current values.
     pub recovery: Duration,
+    /// The VaultSecrets' refresh interval.
+    pub refresh: Duration,
     /// Secret states checked by the watch, and how many broke a rule.
     pub states: u64,
     pub violations: usize,
@@ -266,6 +284,9 @@ pub struct Lab {
     values: Mutex<Vec<String>>,
     /// The VaultSecrets made by [`Lab::sync_all`]: name, object, current value.
     pub secrets: Vec<(String, String, String)>,
+    pub source: Source,
+    /// The VaultSecrets' refresh interval.
+    pub refresh: Duration,
     generation: u32,
     finished: bool,
 }
@@ -292,6 +313,13 @@ impl Lab {
         let token = vaultsync_e2e::chart::operator_token(&ns, &[]).await;
         let kubeconfig = log_dir().join(format!("{}.kubeconfig", ns.name));
         write_kubeconfig(&kubeconfig, &token);
+        let (source, credential) = match options.openbao {
+            true => {
+                let (source, token) = openbao_source(&ns, toxiproxy).await;
+                (source, Some(token))
+            }
+            false => (Source::KeyVault, None),
+        };
         let lab = Lab {
             ns,
             vault,
@@ -302,15 +330,45 @@ impl Lab {
             operators: Vec::new(),
             values: Mutex::default(),
             secrets: Vec::new(),
+            source,
+            refresh: options.refresh,
             generation: 0,
             finished: false,
         };
+        lab.remember_values(&credential.iter().map(String::as_str).collect::<Vec<_>>());
         lab.apply_store("kv", lab.store_spec()).await;
         lab
     }
 
+    /// Puts `value` in the vault as `object` (not through the operator's path, so not counted as a call).
+    pub async fn set_value(&self, object: &str, value: &str) {
+        match &self.source {
+            Source::KeyVault => {
+                self.vault.set_secret(object, value);
+            }
+            Source::OpenBao { root, mount, .. } => {
+                root.kv2_put(mount, object, json!({ "value": value })).await.expect("writing to OpenBao");
+                self.remember_values(&[value]);
+            }
+        }
+    }
+
+    /// The proxy in front of the vault the VaultSecrets read.
+    pub fn source_proxy(&self) -> &Proxy {
+        match &self.source {
+            Source::KeyVault => &self.vault_proxy,
+            Source::OpenBao { proxy, .. } => proxy,
+        }
+    }
+
     /// The store: the vault and Entra as the operator reaches them, through the proxies (TLS passes through).
     pub fn store_spec(&self) -> Value {
+        if let Source::OpenBao { mount, proxy, .. } = &self.source {
+            let bao = vaultsync_e2e::openbao::OpenBao::shared();
+            return json!({ "provider": { "openbao": {
+                "server": format!("https://127.0.0.1:{}", proxy.port), "caBundle": bao.ca_pem, "mount": mount,
+                "auth": { "token": { "secretRef": { "name": "bao-token", "key": "token" } } } } } });
+        }
         json!({ "provider": { "azureKeyVault": {
             "vaultUrl": format!("https://localhost:{}", self.vault_proxy.port),
             "tenantId": TENANT,
@@ -380,9 +438,18 @@ impl Lab {
     /// Creates `count` VaultSecrets `vs-<i>` (refreshing every [`REFRESH`]) over `objects` vault objects, and waits
     /// until every one is Ready with the vault's value.
     pub async fn sync_all(&mut self, count: usize, objects: usize) {
+        self.prepare(count, objects).await;
+        let specs = self.specs();
+        self.create_all(specs).await;
+        self.wait_converged(Duration::from_secs(120)).await;
+    }
+
+    /// Like [`Lab::sync_all`] without creating anything: the objects in the vault, the VaultSecrets' names and
+    /// values in [`Lab::secrets`]; [`Lab::specs`] gives their manifests.
+    pub async fn prepare(&mut self, count: usize, objects: usize) {
         self.generation += 1;
         for o in 0..objects {
-            self.vault.set_secret(&format!("obj-{o}"), &self.value_of(o));
+            self.set_value(&format!("obj-{o}"), &self.value_of(o)).await;
         }
         self.secrets = (0..count)
             .map(|i| {
@@ -390,29 +457,31 @@ impl Lab {
                 (format!("vs-{i}"), format!("obj-{o}"), self.value_of(o))
             })
             .collect();
-        let api = self.ns.api::<VaultSecret>();
-        let specs: Vec<(String, Value)> = self
-            .secrets
+    }
+
+    /// The manifests of the VaultSecrets in [`Lab::secrets`].
+    pub fn specs(&self) -> Vec<(String, Value)> {
+        let refresh = format!("{}s", self.refresh.as_secs());
+        let property = matches!(self.source, Source::OpenBao { .. }).then_some("value");
+        self.secrets
             .iter()
             .map(|(name, object, _)| {
+                let mut remote = json!({ "name": object });
+                if let Some(property) = property {
+                    remote["property"] = json!(property);
+                }
                 let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
                     "metadata": { "name": name },
-                    "spec": { "storeRef": { "name": "kv" }, "refreshInterval": "10s",
-                        "data": [{ "secretKey": "value", "remoteRef": { "name": object } }] } });
+                    "spec": { "storeRef": { "name": "kv" }, "refreshInterval": refresh,
+                        "data": [{ "secretKey": "value", "remoteRef": remote }] } });
                 (name.clone(), body)
             })
-            .collect();
-        futures::stream::iter(specs)
-            .for_each_concurrent(16, |(name, body)| {
-                let api = api.clone();
-                async move {
-                    api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
-                        .await
-                        .expect("applying a VaultSecret");
-                }
-            })
-            .await;
-        self.wait_converged(Duration::from_secs(120)).await;
+            .collect()
+    }
+
+    /// Applies the VaultSecrets (16 at a time).
+    pub async fn create_all(&self, specs: Vec<(String, Value)>) {
+        apply_all(self.ns.api::<VaultSecret>(), specs).await;
     }
 
     fn value_of(&self, object: usize) -> String {
@@ -420,13 +489,13 @@ impl Lab {
     }
 
     /// Gives every object a new value in the vault (not counted as a call); returns the monitor's allowances.
-    pub fn rotate(&mut self, monitor: &SecretMonitor) {
+    pub async fn rotate(&mut self, monitor: &SecretMonitor) {
         let objects: BTreeSet<String> = self.secrets.iter().map(|(_, o, _)| o.clone()).collect();
         let old: Vec<(String, String, String)> = self.secrets.clone();
         self.generation += 1;
         for object in &objects {
             let o: usize = object.trim_start_matches("obj-").parse().expect("object number");
-            self.vault.set_secret(object, &self.value_of(o));
+            self.set_value(object, &self.value_of(o)).await;
         }
         for (i, (name, object, value)) in old.iter().enumerate() {
             let o: usize = object.trim_start_matches("obj-").parse().expect("object number");
@@ -453,17 +522,7 @@ impl Lab {
                 if ready < expected.len() {
                     return None;
                 }
-                let current = secrets.list(&Default::default()).await.ok()?;
-                let good = current
-                    .items
-                    .iter()
-                    .filter(|s| {
-                        let name = s.metadata.name.clone().unwrap_or_default();
-                        let value = s.data.as_ref().and_then(|d| d.get("value")).map(|v| v.0.clone());
-                        expected.get(&name).is_some_and(|e| value.as_deref() == Some(e.as_bytes()))
-                    })
-                    .count();
-                (good == expected.len()).then_some(())
+                (holding_current(&secrets, &expected).await? == expected.len()).then_some(())
             }
         })
         .await;
@@ -489,6 +548,17 @@ impl Lab {
             }
         })
         .await
+    }
+
+    /// The messages of every VaultSecret's Ready condition.
+    pub async fn ready_messages(&self) -> Vec<String> {
+        let list = self.ns.api::<VaultSecret>().list(&Default::default()).await.expect("listing VaultSecrets");
+        list.items
+            .iter()
+            .filter_map(|vs| {
+                vs.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone())
+            })
+            .collect()
     }
 
     /// The sum of `prefix` over every operator still running.
@@ -539,6 +609,17 @@ impl Lab {
     }
 }
 
+/// How many Secrets hold the value `expected` names for them (by Secret name); `None` if they cannot be listed.
+pub async fn holding_current(secrets: &Api<Secret>, expected: &HashMap<String, String>) -> Option<usize> {
+    let list = secrets.list(&Default::default()).await.ok()?;
+    let current = |s: &&Secret| {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let value = s.data.as_ref().and_then(|d| d.get("value")).map(|v| v.0.clone());
+        expected.get(&name).is_some_and(|e| value.as_deref() == Some(e.as_bytes()))
+    };
+    Some(list.items.iter().filter(current).count())
+}
+
 /// `True:Synced`, `False:BackendUnavailable`, ...: the Ready condition of a VaultSecret.
 pub fn ready_reason(vs: &VaultSecret) -> Option<String> {
     let ready = vs.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
@@ -576,7 +657,8 @@ pub struct Window {
     started: Instant,
     calls: u64,
     vault_calls: u64,
-    cpu: Duration,
+    /// CPU time so far of each operator (by name).
+    cpu: HashMap<String, Duration>,
     pub monitor: SecretMonitor,
 }
 
@@ -588,14 +670,19 @@ impl Window {
         for (name, _, value) in &lab.secrets {
             monitor.allow(name, "value", &[value]);
         }
-        lab.rotate(&monitor);
+        lab.rotate(&monitor).await;
         Window {
             started: Instant::now(),
             calls: lab.metric("vaultsync_backend_calls_total").await,
             vault_calls: lab.vault.total_calls(),
-            cpu: lab.operators.iter().map(OperatorProcess::cpu).sum(),
+            cpu: lab.operators.iter().map(|op| (op.name.clone(), op.cpu())).collect(),
             monitor,
         }
+    }
+
+    /// How long the fault has lasted so far.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Lets the fault last until `at_least` has passed since it started (the fault's length is the experiment, not a
@@ -610,13 +697,18 @@ impl Window {
     /// converge, checks every state the watch saw, and returns the row (calls and CPU over the fault).
     pub async fn close(self, lab: &mut Lab, case: &str, reasons: String) -> Row {
         let fault = self.started.elapsed();
-        let calls = lab.metric("vaultsync_backend_calls_total").await - self.calls;
+        let calls = lab.metric("vaultsync_backend_calls_total").await.saturating_sub(self.calls);
         let vault_calls = lab.vault.total_calls() - self.vault_calls;
-        let cpu: Duration = lab.operators.iter().map(OperatorProcess::cpu).sum::<Duration>() - self.cpu;
+        // Operators killed during the fault are gone from the lab; their CPU time ends with them.
+        let cpu: Duration = lab
+            .operators
+            .iter()
+            .map(|op| op.cpu().saturating_sub(self.cpu.get(&op.name).copied().unwrap_or_default()))
+            .sum();
         for op in &mut lab.operators {
             op.assert_alive();
         }
-        let recovery = lab.wait_converged(2 * REFRESH + Duration::from_secs(30)).await;
+        let recovery = lab.wait_converged(2 * lab.refresh + Duration::from_secs(30)).await;
         let (states, violations) = self.monitor.outcome();
         assert!(violations.is_empty(), "{case}: Secrets went wrong: {violations:?}");
         assert!(states >= lab.secrets.len() as u64, "{case}: the watch saw every Secret ({states} states)");
@@ -630,6 +722,7 @@ impl Window {
             calls_at_vault: Some(vault_calls),
             cpu_percent: 100.0 * cpu.as_secs_f64() / fault.as_secs_f64(),
             recovery,
+            refresh: lab.refresh,
             states,
             violations: violations.len(),
         }
@@ -639,15 +732,15 @@ impl Window {
 /// The bound on vault calls during a fault of length `fault` for `vaultsecrets` VaultSecrets refreshing every
 /// [`REFRESH`]: a failing VaultSecret is tried again no sooner than one refresh interval later, each try makes at
 /// most [`MAX_ATTEMPTS`] attempts at the vault and as many at Entra for a token.
-pub fn calls_bound(vaultsecrets: usize, fault: Duration) -> u64 {
-    let rounds = (fault.as_secs_f64() / REFRESH.as_secs_f64()).ceil() + 1.0;
+pub fn calls_bound(vaultsecrets: usize, fault: Duration, refresh: Duration) -> u64 {
+    let rounds = (fault.as_secs_f64() / refresh.as_secs_f64()).ceil() + 1.0;
     (vaultsecrets as f64 * rounds * (2 * MAX_ATTEMPTS) as f64) as u64
 }
 
 /// Asserts the row's promises: converged within two refresh intervals, calls within the bound, no hot loop.
 pub fn assert_row(row: &Row) {
     assert!(
-        row.recovery <= 2 * REFRESH,
+        row.recovery <= 2 * row.refresh,
         "{}: back to Ready after {:?}, more than two refresh intervals",
         row.case,
         row.recovery
@@ -671,4 +764,35 @@ pub fn assert_row(row: &Row) {
 pub async fn secrets_of(ns: &TestNamespace) -> HashMap<String, Secret> {
     let list = ns.api::<Secret>().list(&Default::default()).await.expect("listing Secrets");
     list.items.into_iter().map(|s| (s.metadata.name.clone().unwrap_or_default(), s)).collect()
+}
+
+/// A fresh KV v2 mount in the shared OpenBao with a reading token (in the Secret `bao-token`), behind a proxy.
+async fn openbao_source(ns: &TestNamespace, toxiproxy: &'static Toxiproxy) -> (Source, String) {
+    let (bao, root) = vaultsync_e2e::openbao::shared_with_root();
+    let mount = root.enable_kv(2).await.expect("a KV mount");
+    let policy = root.read_policy(&[format!("{mount}/data/*"), format!("{mount}/metadata/*")]).await.expect("policy");
+    let token = root.token_with(&policy).await.expect("a token");
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta { name: Some("bao-token".into()), ..Default::default() },
+        string_data: Some([("token".to_string(), token.clone())].into()),
+        ..Default::default()
+    };
+    ns.api::<Secret>().create(&Default::default(), &secret).await.expect("the token Secret");
+    let upstream = bao.addr.trim_start_matches("https://").to_string();
+    let proxy = toxiproxy.proxy(&format!("{}-openbao", ns.name), &upstream).await.expect("OpenBao proxy");
+    (Source::OpenBao { root, mount, proxy }, token)
+}
+
+/// Applies VaultSecret manifests, 16 at a time.
+pub async fn apply_all(api: Api<VaultSecret>, specs: Vec<(String, Value)>) {
+    futures::stream::iter(specs)
+        .for_each_concurrent(16, |(name, body)| {
+            let api = api.clone();
+            async move {
+                api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
+                    .await
+                    .expect("applying a VaultSecret");
+            }
+        })
+        .await;
 }
