@@ -6,7 +6,7 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test crds lint demo bench bench-rollout clean-cache
+.PHONY: all tools test chaos crds lint demo bench bench-rollout clean-cache
 
 all: test
 
@@ -17,9 +17,19 @@ tools:
 	@scripts/install-azure-sdk.sh
 	@scripts/build-toxiproxy.sh
 
-## test: build what is needed and run every test against the real components
+## test: build what is needed and run every test against the real components; then the leak-scan report
 test: tools
+	@rm -f "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
 	$(CARGO) test --workspace --locked
+	@scripts/leak-report.sh "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
+
+## chaos: the fault suite with its long variants (1000 VaultSecrets, minutes-long faults), one case at a time so
+## the CPU figures are the operator's own; prints the table of measured results (docs/reliability.md)
+chaos: tools
+	@rm -f "$(CARGO_TARGET_DIR)/chaos-report.md"
+	VAULTSYNC_CHAOS_REPORT="$(CARGO_TARGET_DIR)/chaos-report.md" $(CARGO) test --locked -p vaultsync-operator \
+		--test chaos --test chaos_apiserver -- --include-ignored --test-threads 1
+	@cat "$(CARGO_TARGET_DIR)/chaos-report.md"
 
 ## crds: regenerate crds/ from the Rust types in api/
 crds:

@@ -43,7 +43,7 @@ async fn vault_down(count: usize, hold: Duration) {
 
 #[tokio::test]
 async fn vault_down_longer_than_a_refresh_interval() {
-    vault_down(SHORT, 2 * REFRESH).await;
+    vault_down(SHORT, REFRESH + REFRESH / 2).await;
 }
 
 #[tokio::test]
@@ -73,17 +73,17 @@ async fn vault_answers(status: u16, retry_after: Option<u64>, reason: &str, coun
 
 #[tokio::test]
 async fn vault_throttles_with_retry_after() {
-    vault_answers(429, Some(5), "Throttled", SHORT, 2 * REFRESH).await;
+    vault_answers(429, Some(5), "Throttled", SHORT, REFRESH).await;
 }
 
 #[tokio::test]
 async fn vault_answers_500() {
-    vault_answers(500, None, "BackendUnavailable", SHORT, 2 * REFRESH).await;
+    vault_answers(500, None, "BackendUnavailable", SHORT, REFRESH).await;
 }
 
 #[tokio::test]
 async fn vault_answers_503() {
-    vault_answers(503, None, "BackendUnavailable", SHORT, 2 * REFRESH).await;
+    vault_answers(503, None, "BackendUnavailable", SHORT, REFRESH).await;
 }
 
 #[tokio::test]
@@ -114,7 +114,7 @@ async fn vault_resets_connections(count: usize, hold: Duration) {
 
 #[tokio::test]
 async fn vault_resets_connections_mid_answer() {
-    vault_resets_connections(SHORT, 2 * REFRESH).await;
+    vault_resets_connections(SHORT, REFRESH).await;
 }
 
 /// Every answer takes longer than the operator waits (`--reconcile-timeout 15s`; the HTTP client's own timeout is
@@ -161,7 +161,7 @@ async fn openbao_down_longer_than_a_refresh_interval() {
     let window = Window::open(&mut lab).await;
     lab.source_proxy().disable().await.expect("OpenBao down");
     let reasons = lab.wait_reasons(&["BackendUnavailable"], 4 * REFRESH).await;
-    window.hold(2 * REFRESH).await;
+    window.hold(REFRESH + REFRESH / 2).await;
     lab.source_proxy().enable().await.expect("OpenBao up");
     let mut row = window.close(&mut lab, "OpenBao down (connections refused)", reasons).await;
     row.calls_bound = calls_bound(SHORT, row.fault, lab.refresh);
@@ -380,7 +380,7 @@ async fn apiserver_refuses_writes(status: u16) {
         messages.iter().all(|m| m.contains(&status.to_string())),
         "the conditions carry the apiserver's {status}: {messages:?}"
     );
-    window.hold(2 * REFRESH).await;
+    window.hold(REFRESH).await;
     webhooks.delete(&name, &Default::default()).await.expect("deleting the webhook");
     let mut row = window.close(&mut lab, &format!("apiserver answers {status} to Secret writes"), reasons).await;
     row.calls_bound = calls_bound(SHORT, row.fault, lab.refresh);

@@ -262,7 +262,11 @@ impl Row {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chaos-report.md"));
         use std::io::Write as _;
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        // The first row of a run writes the header too.
+        if let Ok(mut file) = std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            let _ = writeln!(file, "{}", Self::HEADER);
+        }
+        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(&path) {
             let _ = writeln!(file, "{line}");
         }
     }
@@ -602,7 +606,7 @@ impl Lab {
         let text = serde_json::to_string(&statuses).expect("JSON");
         assert_free(&text, "the VaultSecrets' status", &values);
         scanned += events.len() + text.len();
-        record_leak_scan(&self.ns.name, values.len(), scanned);
+        crate::support::record_leak_scan(&self.ns.name, values.len(), scanned);
         self.finished = true;
         self.operators.clear();
         values.len()
@@ -629,15 +633,6 @@ pub fn ready_reason(vs: &VaultSecret) -> Option<String> {
 fn assert_free(text: &str, what: &str, values: &[String]) {
     for value in values {
         assert!(!text.contains(value.as_str()), "a secret value appears in {what} ({} bytes scanned)", text.len());
-    }
-}
-
-/// Appends one test's leak-scan figures to the run's report (`leak-scan.tsv` in Cargo's temporary folder).
-pub fn record_leak_scan(test: &str, values: usize, bytes: usize) {
-    use std::io::Write as _;
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("leak-scan.tsv");
-    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(file, "{test}\t{values}\t{bytes}");
     }
 }
 
