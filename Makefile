@@ -6,7 +6,7 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test chaos crds lint demo bench bench-rollout clean-cache
+.PHONY: all tools test chaos fuzz crds lint demo bench bench-rollout clean-cache
 
 all: test
 
@@ -30,6 +30,12 @@ chaos: tools
 	VAULTSYNC_CHAOS_REPORT="$(CARGO_TARGET_DIR)/chaos-report.md" $(CARGO) test --locked -p vaultsync-operator \
 		--test chaos --test chaos_apiserver -- --include-ignored --test-threads 1
 	@cat "$(CARGO_TARGET_DIR)/chaos-report.md"
+
+## fuzz: the property tests of every parser that takes outside input, with many more cases than CI runs
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p vaultsync-backend -p vaultsync-operator --lib -- properties
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p vaultsync-backend --test responses
 
 ## crds: regenerate crds/ from the Rust types in api/
 crds:
