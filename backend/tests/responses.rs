@@ -37,7 +37,13 @@ struct Answer {
 
 type Current = Arc<Mutex<Answer>>;
 
-async fn answer(State(current): State<Current>) -> Response {
+/// Answers a request without a token with Key Vault's challenge (as a vault does before anything else), and every
+/// other request with the current generated answer.
+async fn answer(State(current): State<Current>, headers: axum::http::HeaderMap) -> Response {
+    if !headers.contains_key("authorization") && !headers.contains_key("x-vault-token") {
+        let challenge = r#"Bearer authorization="https://login.microsoftonline.com/t", resource="https://localhost""#;
+        return (StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)]).into_response();
+    }
     let answer = current.lock().expect("answer lock").clone();
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut response = (status, answer.body).into_response();
