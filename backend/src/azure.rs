@@ -143,6 +143,9 @@ impl AzureEndpoint {
     }
 }
 
+/// The most pages of 25 a list follows (25,000 secrets; a Key Vault holds far fewer in practice).
+const MAX_LIST_PAGES: usize = 1000;
+
 /// Parses `Bearer authorization="https://login.microsoftonline.com/<tenant>", resource="https://vault.azure.net"`
 /// (or `authorization_uri=`, `scope=`) into the scope and tenant to ask a token for. The resource must be the vault's
 /// own domain (`vault_host` ends with it), as Microsoft's SDKs check.
@@ -294,6 +297,7 @@ impl Backend for AzureKeyVault {
             let mut listed = Vec::new();
             let mut url = format!("{}/secrets", self.endpoint.vault_url);
             let mut query: &[(&str, &str)] = &[("maxresults", "25")];
+            let mut followed = std::collections::HashSet::new();
             loop {
                 let page: Page = self
                     .call("list_secrets", &url, query, "the secrets list")
@@ -323,6 +327,16 @@ impl Backend for AzureKeyVault {
                             return Err(Error::Protocol {
                                 message: "the secrets list links its next page to another origin; refusing to follow"
                                     .into(),
+                            });
+                        }
+                        // A link back to a page already given, or more pages than any vault holds, would loop until
+                        // the reconcile timeout, growing the list all along.
+                        if followed.len() >= MAX_LIST_PAGES || !followed.insert(next.clone()) {
+                            return Err(Error::Protocol {
+                                message: format!(
+                                    "the secrets list does not end (a page links back, or more than {MAX_LIST_PAGES} \
+                                     pages); refusing to follow"
+                                ),
                             });
                         }
                         url = next;
