@@ -10,14 +10,18 @@ CARGO ?= cargo
 
 all: test
 
-## tools: build the local control plane, install the backend servers and the Azure SDK (cached)
+## tools: build the local control plane, its node and the node's images, install the backend servers and the Azure
+## SDK (cached)
 tools:
 	@scripts/build-controlplane.sh
+	@scripts/build-node.sh
+	@scripts/build-images.sh
 	@scripts/install-emulators.sh
 	@scripts/install-azure-sdk.sh
 	@scripts/build-toxiproxy.sh
 
-## test: build what is needed and run every test against the real components; then the leak-scan report
+## test: build what is needed and run every test against the real components (VAULTSYNC_SKIP_NODE_TESTS=1 skips
+## the tests that run pods on the node, and building the node); then the leak-scan report
 test: tools
 	@rm -f "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
 	$(CARGO) test --workspace --locked
@@ -47,9 +51,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd e2e/controlplane && test -z "$$(gofmt -l .)" && go vet .
 
-## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops)
+## demo: watch vaultsync sync a Key Vault secret into a Kubernetes Secret, locally (Ctrl-C stops); NODE=1 adds a
+## node and a pod that prints the Secret it reads, before and after the rotation
 demo: tools
-	$(CARGO) run --locked -q -p vaultsync-tools --bin vaultsync-demo
+	$(CARGO) run --locked -q -p vaultsync-tools --bin vaultsync-demo $(if $(NODE),-- --node)
 
 ## bench: measure the operator (release build) on the local control plane; BENCH_FLAGS="--count 100 --interval 20s"
 BENCH_FLAGS ?=

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local test control plane (etcd, kube-apiserver, kube-controller-manager,
-# kubectl in one program) and helm from the Go module proxy. The result is cached outside
-# the clone and rebuilt only when the Go module's sources change.
+# kube-scheduler, the kubelet and kubectl in one program) and helm from the Go module proxy.
+# The result is cached outside the clone and rebuilt only when the Go module's sources change.
+# The node's other pieces (containerd, runc, CNI) come from scripts/build-node.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 src="$here/e2e/controlplane"
@@ -28,6 +29,6 @@ go build -trimpath -ldflags="-s -w $version_flags" -o "$bin/controlplane.new" .
 go build -trimpath -ldflags='-s -w' -o "$bin/helm.new" helm.sh/helm/v3/cmd/helm
 mv "$bin/controlplane.new" "$bin/controlplane"
 mv "$bin/helm.new" "$bin/helm"
-for c in etcd kube-apiserver kube-controller-manager kubectl; do ln -sf controlplane "$bin/$c"; done
+for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do ln -sf controlplane "$bin/$c"; done
 echo "$stamp" > "$bin/.stamp"
 echo "built the local control plane in $(( $(date +%s) - start ))s" >&2

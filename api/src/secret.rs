@@ -242,12 +242,18 @@ pub struct VaultSecretStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When the vault was last read successfully (RFC 3339).
+    /// When a sync last changed this status (content, versions, condition, spec generation) (RFC 3339). A refresh
+    /// that finds the same content writes nothing, so this is not the time of the last vault read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_at: Option<String>,
-    /// When the next routine refresh is due (RFC 3339).
+    /// No longer written: refreshes are scheduled in memory (see docs/architecture.md), so that unchanged content
+    /// costs no write. Kept so objects written by earlier versions still read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_time: Option<String>,
+    /// The resourceVersion of the target Secret after vaultsync last wrote it: a Secret still at that version is
+    /// known to hold what was written, without reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
     /// The vault object version behind each Secret key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, String>,

@@ -1,6 +1,8 @@
 //! A read-through cache keyed by (backend identity, object): concurrent reads of one key make
-//! one backend call, and results are reused for a window, so N resources that reference one
-//! object in the same refresh window cost one read. Errors are kept only briefly.
+//! one backend call, and a result is reused by every caller that accepts its age, so N resources
+//! that reference one object cost one read per refresh interval however long working through them
+//! takes. Each caller says how old a read it accepts (a forced sync: none; a routine refresh: most of
+//! its interval); callers that do not say accept the default age. Errors are kept only briefly.
 
 use std::{
     collections::HashMap,
@@ -16,7 +18,14 @@ use tokio::time::Instant;
 use crate::{Backend, FetchedSecret, Identity, ObjectRef, Result};
 
 type Key = (Identity, ObjectRef);
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Result<FetchedSecret>)>>>;
+type Slot = Arc<tokio::sync::Mutex<Entry>>;
+
+/// A slot's last read, and the oldest age any caller accepted for it (how long it is worth keeping).
+#[derive(Default)]
+struct Entry {
+    read: Option<(Instant, Result<FetchedSecret>)>,
+    keep: Duration,
+}
 
 /// Counters of how reads were served.
 #[derive(Default, Debug)]
@@ -30,65 +39,76 @@ pub struct CacheStats {
 }
 
 pub struct ReadCache {
-    window: Duration,
-    error_window: Duration,
+    default_age: Duration,
+    error_age: Duration,
     slots: Mutex<HashMap<Key, Slot>>,
+    last_prune: Mutex<Option<Instant>>,
     pub stats: CacheStats,
 }
 
 impl ReadCache {
-    /// `window`: how long a successful read is reused. Pinned versions never change, but are
-    /// kept no longer, so memory stays bounded by what is in use.
-    pub fn new(window: Duration) -> Self {
+    /// `default_age`: how old a read callers that do not say accept.
+    pub fn new(default_age: Duration) -> Self {
         Self {
-            window,
-            error_window: window.min(Duration::from_secs(2)),
+            default_age,
+            error_age: Duration::from_secs(2),
             slots: Mutex::default(),
+            last_prune: Mutex::default(),
             stats: CacheStats::default(),
         }
     }
 
-    /// Reads `object` through the cache. `max_age` lets a caller that must see the newest
-    /// version (a forced sync, a vault event) accept only entries younger than that.
+    /// Reads `object` through the cache, accepting a read at most `max_age` old (the default age when `None`);
+    /// a caller that must see the newest version (a forced sync) passes zero. Errors are reused for two seconds at
+    /// most.
     pub async fn get(
         &self,
         backend: &dyn Backend,
         object: &ObjectRef,
         max_age: Option<Duration>,
     ) -> Result<FetchedSecret> {
+        let max_age = max_age.unwrap_or(self.default_age);
         let key = (backend.identity().clone(), object.clone());
         let slot = self.slots.lock().expect("cache lock").entry(key).or_default().clone();
         let asked = Instant::now();
         let mut entry = slot.lock().await;
-        if let Some((at, result)) = entry.as_ref() {
+        entry.keep = entry.keep.max(max_age);
+        if let Some((at, result)) = entry.read.as_ref() {
             // Read by another caller after we asked: as fresh as a read of our own would be.
             if *at >= asked {
                 self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
                 return result.clone();
             }
-            let limit = if result.is_ok() { self.window } else { self.error_window };
-            if at.elapsed() < max_age.map_or(limit, |m| m.min(limit)) {
+            let limit = if result.is_ok() { max_age } else { max_age.min(self.error_age) };
+            if at.elapsed() < limit {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return result.clone();
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let result = backend.get(object).await;
-        *entry = Some((Instant::now(), result.clone()));
+        entry.read = Some((Instant::now(), result.clone()));
         drop(entry);
         self.prune();
         result
     }
 
-    /// Drops entries past their window so the cache holds only what is in use.
+    /// Drops entries older than any caller accepted, so the cache holds only what is in use. Checked when the
+    /// cache has grown past a size worth looking at, and at most every few seconds.
     fn prune(&self) {
         let mut slots = self.slots.lock().expect("cache lock");
         if slots.len() < 1024 {
             return;
         }
-        let window = self.window;
+        {
+            let mut last = self.last_prune.lock().expect("prune lock");
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
         slots.retain(|_, slot| match slot.try_lock() {
-            Ok(entry) => entry.as_ref().is_some_and(|(at, _)| at.elapsed() < window),
+            Ok(entry) => entry.read.as_ref().is_some_and(|(at, _)| at.elapsed() < entry.keep),
             Err(_) => true,
         });
     }

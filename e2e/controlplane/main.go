@@ -1,16 +1,18 @@
 // Command controlplane is a multicall program for vaultsync's tests and demo: it runs etcd,
-// kube-apiserver, kube-controller-manager and kubectl, each built from the published Go
-// modules, and its `up` command starts a whole local control plane on free loopback ports.
+// kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet and kubectl, each built
+// from the published Go modules, and its `up` command starts a whole local control plane on free
+// loopback ports, with a node (containerd, kubelet, scheduler) when asked.
 //
-//	controlplane up [--dir D]                start everything, print "READY kubeconfig=<path>"
+//	controlplane up [--dir D] [--node ...]   start everything, print "READY kubeconfig=<path>"
 //	controlplane supervise -- CMD ARGS...   run CMD until standard input closes
-//	controlplane etcd|kube-apiserver|kube-controller-manager|kubectl ARGS...
+//	controlplane etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl ARGS...
 //
 // Each component runs as its own child process (the program re-executes itself), which keeps
 // their global state (flags, feature gates, klog, signal handlers) apart.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,6 +23,8 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
@@ -47,6 +51,12 @@ func main() {
 	case "kube-controller-manager":
 		os.Args = append([]string{name}, args...)
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
+	case "kube-scheduler":
+		os.Args = append([]string{name}, args...)
+		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Args = append([]string{name}, args...)
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
 	case "kubectl":
 		os.Args = append([]string{name}, args...)
 		command := kubectlcmd.NewDefaultKubectlCommand()
@@ -60,5 +70,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: controlplane up [--dir DIR] | supervise -- CMD... | etcd|kube-apiserver|kube-controller-manager|kubectl ARGS...")
+	fmt.Fprintln(os.Stderr, "usage: controlplane up [--dir DIR] [--node] | supervise -- CMD... | "+
+		"etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl ARGS...")
 }

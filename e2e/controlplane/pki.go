@@ -32,6 +32,8 @@ type pki struct {
 	saPubPEM  []byte
 	caPath    string
 	certPaths map[string]string
+	// The node's certificates by name (writeNodePKI).
+	issued map[string]keyPair
 }
 
 func newKeyPair(tmpl *x509.Certificate, parent *keyPair) (keyPair, error) {
@@ -132,4 +134,48 @@ func writePKI(dir string) (*pki, error) {
 	}
 	p.caPath = p.certPaths["ca.crt"]
 	return p, nil
+}
+
+// writeNodePKI adds what a node needs, signed by the same CA: the kubelet's serving certificate
+// (for the node's loopback address), the kubelet's client certificate (user system:node:<name> in
+// group system:nodes, as the Node authorizer expects) and the apiserver's client certificate for
+// calling the kubelet (logs, exec).
+func (p *pki) writeNodePKI(dir, nodeName string, nodeIP net.IP) error {
+	certs := map[string]*x509.Certificate{
+		"kubelet-serving": {
+			Subject:     pkix.Name{CommonName: nodeName},
+			DNSNames:    []string{"localhost"},
+			IPAddresses: []net.IP{nodeIP},
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		},
+		"kubelet-client": {
+			Subject:     pkix.Name{CommonName: "system:node:" + nodeName, Organization: []string{"system:nodes"}},
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		},
+		"apiserver-kubelet-client": {
+			Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		},
+	}
+	for name, tmpl := range certs {
+		pair, err := newKeyPair(tmpl, &p.ca)
+		if err != nil {
+			return err
+		}
+		if p.issued == nil {
+			p.issued = map[string]keyPair{}
+		}
+		p.issued[name] = pair
+		for suffix, data := range map[string][]byte{".crt": pair.certPEM, ".key": pair.keyPEM} {
+			path := filepath.Join(dir, name+suffix)
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				return err
+			}
+			p.certPaths[name+suffix] = path
+		}
+	}
+	return nil
 }

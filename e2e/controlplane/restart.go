@@ -42,11 +42,11 @@ func (p *plane) restartAPIServer(timeout time.Duration, stop <-chan os.Signal) e
 		old.exited <- err
 	}
 	p.components = append(p.components[:index], p.components[index+1:]...)
-	fresh, err := p.spawn(old.name, old.args...)
+	fresh, err := p.spawnProgram(old.name, old.cmd.Path, old.args...)
 	if err != nil {
 		return err
 	}
-	// spawn appended it; put it back where the old one was, so stopAll keeps the order.
+	// spawnProgram appended it; put it back where the old one was, so stopAll keeps the order.
 	last := len(p.components) - 1
 	copy(p.components[index+1:], p.components[index:last])
 	p.components[index] = fresh

@@ -3,6 +3,7 @@ package main
 // `up`: start etcd, kube-apiserver and kube-controller-manager on free loopback ports, wait
 // until each is really serving, write an admin kubeconfig, print one READY line, and stop
 // everything (and remove the temporary data) on SIGTERM, SIGINT or end of standard input.
+// With --node it also starts a node (node.go) and says where its containerd listens.
 
 import (
 	"bytes"
@@ -31,6 +32,11 @@ const controllers = "deployment-controller,replicaset-controller,statefulset-con
 	"namespace-controller,garbage-collector-controller,serviceaccount-controller," +
 	"serviceaccount-token-controller,root-ca-certificate-publisher-controller"
 
+// With a node: the node lifecycle controller (it lifts the not-ready taint once the kubelet reports
+// Ready), pod garbage collection (pods of a gone node, orphaned terminating pods) and EndpointSlices
+// (Services select running pods).
+const nodeControllers = ",node-lifecycle-controller,pod-garbage-collector-controller,endpointslice-controller"
+
 type component struct {
 	name    string
 	args    []string
@@ -45,6 +51,8 @@ type plane struct {
 	// The apiserver's URL and an admin client of it, for readiness checks after a restart.
 	server string
 	admin  *http.Client
+	// Set with --node.
+	node *node
 }
 
 func up(args []string) int {
@@ -54,8 +62,21 @@ func up(args []string) int {
 	etcdPort := fs.Int("etcd-port", 0, "etcd client port (0: a free port)")
 	watchStdin := fs.Bool("exit-on-stdin-eof", true, "stop when standard input is closed")
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the control plane to become ready")
+	var nc nodeConfig
+	fs.BoolVar(&nc.enabled, "node", false, "also run a node: containerd, a kubelet and kube-scheduler (needs root)")
+	fs.StringVar(&nc.binDir, "node-bin", "", "folder with containerd, containerd-shim-runc-v2, ctr and cni/loopback (default: this program's folder)")
+	fs.StringVar(&nc.sandboxImage, "sandbox-image", "ghcr.io/vaultsync/vaultsync-pause:dev", "the pod sandbox (pause) image; import it with --image-archive")
+	fs.Var(&nc.archives, "image-archive", "an image archive to import into the node before it is ready (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if err := nc.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 1
+	}
+	if nc.enabled {
+		// Whatever an earlier run that was killed outright left behind goes first.
+		sweepAbandonedNodes()
 	}
 	p := &plane{dir: *dir}
 	removeDir := false
@@ -85,13 +106,18 @@ func up(args []string) int {
 		}()
 	}
 
-	kubeconfig, err := p.start(*apiPort, *etcdPort, *timeout, stop)
+	kubeconfig, err := p.start(*apiPort, *etcdPort, nc, *timeout, stop)
 	if err != nil {
 		p.stopAll()
 		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
 	}
-	fmt.Printf("READY kubeconfig=%s\n", kubeconfig)
+	if p.node != nil {
+		// Tab-separated, so that the kubeconfig path stays the first field as without a node.
+		fmt.Printf("READY kubeconfig=%s\tcontainerd=%s\tnode=%s\n", kubeconfig, p.node.socket, nodeName)
+	} else {
+		fmt.Printf("READY kubeconfig=%s\n", kubeconfig)
+	}
 
 	restarts := restartRequests()
 	exitCode := 0
@@ -113,10 +139,15 @@ func up(args []string) int {
 	return exitCode
 }
 
-func (p *plane) start(apiPort, etcdPort int, timeout time.Duration, stop <-chan os.Signal) (string, error) {
+func (p *plane) start(apiPort, etcdPort int, nc nodeConfig, timeout time.Duration, stop <-chan os.Signal) (string, error) {
 	pk, err := writePKI(p.dir)
 	if err != nil {
 		return "", fmt.Errorf("creating certificates: %w", err)
+	}
+	if nc.enabled {
+		if err := pk.writeNodePKI(p.dir, nodeName, nodeIP); err != nil {
+			return "", fmt.Errorf("creating the node's certificates: %w", err)
+		}
 	}
 	ports, err := freePorts(map[string]int{"etcd": etcdPort, "etcd-peer": 0, "kube-apiserver": apiPort})
 	if err != nil {
@@ -149,18 +180,28 @@ func (p *plane) start(apiPort, etcdPort int, timeout time.Duration, stop <-chan 
 	}
 
 	server := fmt.Sprintf("https://127.0.0.1:%d", ports["kube-apiserver"])
-	apiserver, err := p.spawn("kube-apiserver",
-		"--etcd-servers="+etcdURL,
+	// With a node, the Node authorizer limits each kubelet to what its pods use.
+	authorization := "RBAC"
+	if nc.enabled {
+		authorization = "Node,RBAC"
+	}
+	apiserverArgs := []string{
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(ports["kube-apiserver"]),
-		"--tls-cert-file="+pk.certPaths["serving.crt"], "--tls-private-key-file="+pk.certPaths["serving.key"],
-		"--client-ca-file="+pk.caPath,
-		"--authorization-mode=RBAC",
+		"--secure-port=" + strconv.Itoa(ports["kube-apiserver"]),
+		"--tls-cert-file=" + pk.certPaths["serving.crt"], "--tls-private-key-file=" + pk.certPaths["serving.key"],
+		"--client-ca-file=" + pk.caPath,
+		"--authorization-mode=" + authorization,
 		"--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-		"--service-account-issuer="+server,
-		"--service-account-key-file="+pk.certPaths["sa.pub"],
-		"--service-account-signing-key-file="+pk.certPaths["sa.key"],
-		"--endpoint-reconciler-type=none", "--profiling=false")
+		"--service-account-issuer=" + server,
+		"--service-account-key-file=" + pk.certPaths["sa.pub"],
+		"--service-account-signing-key-file=" + pk.certPaths["sa.key"],
+		"--endpoint-reconciler-type=none", "--profiling=false",
+	}
+	if nc.enabled {
+		apiserverArgs = append(apiserverArgs, nodeAPIServerArgs(pk)...)
+	}
+	apiserver, err := p.spawn("kube-apiserver", apiserverArgs...)
 	if err != nil {
 		return "", err
 	}
@@ -174,13 +215,17 @@ func (p *plane) start(apiPort, etcdPort int, timeout time.Duration, stop <-chan 
 	}
 
 	kubeconfig := filepath.Join(p.dir, "kubeconfig")
-	if err := writeKubeconfig(kubeconfig, server, pk); err != nil {
+	if err := writeKubeconfig(kubeconfig, server, pk.ca.certPEM, "admin", pk.admin); err != nil {
 		return "", err
+	}
+	enabled := controllers
+	if nc.enabled {
+		enabled += nodeControllers
 	}
 	kcm, err := p.spawn("kube-controller-manager",
 		"--kubeconfig="+kubeconfig,
 		"--leader-elect=false", "--secure-port=0",
-		"--controllers="+controllers,
+		"--controllers="+enabled,
 		"--service-account-private-key-file="+pk.certPaths["sa.key"],
 		"--root-ca-file="+pk.caPath,
 		"--concurrent-deployment-syncs=10")
@@ -194,6 +239,12 @@ func (p *plane) start(apiPort, etcdPort int, timeout time.Duration, stop <-chan 
 	}); err != nil {
 		return "", err
 	}
+	if nc.enabled {
+		p.node = newNode(p.dir, nc)
+		if err := p.node.start(p, pk, server, admin, deadline, stop); err != nil {
+			return "", err
+		}
+	}
 	return kubeconfig, nil
 }
 
@@ -203,12 +254,17 @@ func (p *plane) spawn(name string, args ...string) (*component, error) {
 	if err != nil {
 		return nil, err
 	}
+	return p.spawnProgram(name, self, append([]string{name}, args...)...)
+}
+
+// spawnProgram runs another program as a component, logging to a file in the data directory.
+func (p *plane) spawnProgram(name, program string, args ...string) (*component, error) {
 	logPath := filepath.Join(p.dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, append([]string{name}, args...)...)
+	cmd := exec.Command(program, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The kernel kills the child if this process dies without cleaning up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -261,24 +317,33 @@ func (p *plane) anyExited() <-chan *component {
 	return out
 }
 
-// stopAll stops the components in reverse start order: SIGTERM, then SIGKILL after 10 s.
+// stopAll stops the node (containers, mounts, cgroups included) and then the components in
+// reverse start order.
 func (p *plane) stopAll() {
+	if p.node != nil {
+		p.node.stop()
+	}
 	for i := len(p.components) - 1; i >= 0; i-- {
-		c := p.components[i]
-		select {
-		case err := <-c.exited:
-			c.exited <- err
-			continue
-		default:
-		}
-		c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-c.exited:
-			c.exited <- err
-		case <-time.After(10 * time.Second):
-			c.cmd.Process.Kill()
-			<-c.exited
-		}
+		p.components[i].stop()
+	}
+}
+
+// stop ends a component: SIGTERM, then SIGKILL after 10 s.
+func (c *component) stop() {
+	select {
+	case err := <-c.exited:
+		c.exited <- err
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-c.exited:
+		c.exited <- err
+	case <-time.After(10 * time.Second):
+		c.cmd.Process.Kill()
+		err := <-c.exited
+		c.exited <- err
 	}
 }
 
@@ -328,7 +393,8 @@ func get(c *http.Client, url string) int {
 	return resp.StatusCode
 }
 
-func writeKubeconfig(path, server string, pk *pki) error {
+// writeKubeconfig writes a kubeconfig for server (trusting ca) that authenticates with a client certificate.
+func writeKubeconfig(path, server string, ca []byte, user string, client keyPair) error {
 	b64 := base64.StdEncoding.EncodeToString
 	config := fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -338,7 +404,7 @@ clusters:
     server: %s
     certificate-authority-data: %s
 users:
-- name: admin
+- name: %s
   user:
     client-certificate-data: %s
     client-key-data: %s
@@ -346,10 +412,10 @@ contexts:
 - name: vaultsync-local
   context:
     cluster: vaultsync-local
-    user: admin
+    user: %s
     namespace: default
 current-context: vaultsync-local
-`, server, b64(pk.ca.certPEM), b64(pk.admin.certPEM), b64(pk.admin.keyPEM))
+`, server, b64(ca), user, b64(client.certPEM), b64(client.keyPEM), user)
 	return os.WriteFile(path, []byte(config), 0o600)
 }
 

@@ -39,6 +39,11 @@ impl HelmTools {
         Self::with_kubeconfig(ControlPlane::shared().kubeconfig_path().to_path_buf())
     }
 
+    /// Tools that talk to the given control plane (the one with a node, say).
+    pub fn on(plane: &ControlPlane) -> Self {
+        Self::with_kubeconfig(plane.kubeconfig_path().to_path_buf())
+    }
+
     /// Tools for commands that never talk to the apiserver (no control plane is started).
     pub fn offline() -> Self {
         let mut tools = Self::with_kubeconfig(PathBuf::new());

@@ -1,4 +1,5 @@
-//! The local control plane, one per test binary, and a fresh namespace per test.
+//! The local control plane, one per test binary, and a fresh namespace per test. A test binary that
+//! needs pods to run takes the control plane with a node instead (`ControlPlane::shared_with_node`).
 
 use std::{
     io::{BufRead, BufReader},
@@ -18,10 +19,12 @@ use kube::{
 
 use crate::process::{log_dir, log_tail, tool};
 
-/// A running etcd + kube-apiserver + kube-controller-manager.
+/// A running etcd + kube-apiserver + kube-controller-manager, and with a node also containerd, a
+/// kubelet and kube-scheduler.
 pub struct ControlPlane {
     kubeconfig: PathBuf,
     config: Kubeconfig,
+    pub(crate) node: Option<crate::node::Node>,
     _child: Child,
     pid: u32,
     // Held, never written: when the test binary exits, `up` sees end of input and stops.
@@ -29,10 +32,14 @@ pub struct ControlPlane {
 }
 
 static SHARED: LazyLock<Result<ControlPlane, String>> =
-    LazyLock::new(|| ControlPlane::start().map_err(|e| format!("{e:#}")));
+    LazyLock::new(|| ControlPlane::start(false).map_err(|e| format!("{e:#}")));
+
+static SHARED_WITH_NODE: LazyLock<Result<ControlPlane, String>> =
+    LazyLock::new(|| ControlPlane::start(true).map_err(|e| format!("{e:#}")));
 
 impl ControlPlane {
-    /// The control plane shared by every test of this binary, started on first use.
+    /// The control plane shared by every test of this binary, started on first use. No pod runs on
+    /// it (no node): tests of the API and the controllers.
     pub fn shared() -> &'static ControlPlane {
         match &*SHARED {
             Ok(cp) => cp,
@@ -40,10 +47,24 @@ impl ControlPlane {
         }
     }
 
-    fn start() -> anyhow::Result<Self> {
-        let log = log_dir().join("controlplane.log");
-        let mut child = Command::new(tool("controlplane")?)
-            .arg("up")
+    /// A control plane with a node, shared by every test of this binary and started on first use:
+    /// pods run (host network only), from images imported with `import_image`. Tests that use it
+    /// return early when `crate::node::skipped()`.
+    pub fn shared_with_node() -> &'static ControlPlane {
+        match &*SHARED_WITH_NODE {
+            Ok(cp) => cp,
+            Err(e) => panic!("the local control plane with a node did not start: {e}"),
+        }
+    }
+
+    fn start(with_node: bool) -> anyhow::Result<Self> {
+        let log = log_dir().join(if with_node { "controlplane-node.log" } else { "controlplane.log" });
+        let mut up = Command::new(tool("controlplane")?);
+        up.arg("up");
+        if with_node {
+            up.args(crate::node::up_args()?);
+        }
+        let mut child = up
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -57,15 +78,24 @@ impl ControlPlane {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(180)).unwrap_or_default();
-        let Some(path) = line.trim().strip_prefix("READY kubeconfig=") else {
+        let timeout = Duration::from_secs(if with_node { 300 } else { 180 });
+        let line = rx.recv_timeout(timeout).unwrap_or_default();
+        // READY kubeconfig=<path>[\tcontainerd=<socket>\tnode=<name>]
+        let mut fields = line.trim_end_matches('\n').split('\t');
+        let Some(path) = fields.next().and_then(|f| f.strip_prefix("READY kubeconfig=")) else {
             let _ = child.kill();
             bail!("the control plane did not report READY:\n{}", log_tail(&log, 30));
+        };
+        let values: std::collections::BTreeMap<&str, &str> = fields.filter_map(|f| f.split_once('=')).collect();
+        let node = match (values.get("containerd"), values.get("node")) {
+            (Some(socket), Some(name)) => Some(crate::node::Node::new(socket, name)),
+            _ if with_node => bail!("the control plane did not report its node: {line}"),
+            _ => None,
         };
         let kubeconfig = PathBuf::from(path);
         let config = Kubeconfig::read_from(&kubeconfig)?;
         let pid = child.id();
-        Ok(Self { kubeconfig, config, _child: child, pid, _stdin: stdin })
+        Ok(Self { kubeconfig, config, node, _child: child, pid, _stdin: stdin })
     }
 
     /// Restarts the apiserver alone (etcd and its data kept; `controlplane up` does it on SIGUSR1) and waits until
@@ -145,7 +175,12 @@ pub struct TestNamespace {
 impl TestNamespace {
     /// Creates a fresh namespace on the shared control plane.
     pub async fn new(prefix: &str) -> Self {
-        let client = ControlPlane::shared().client().await;
+        Self::on(ControlPlane::shared(), prefix).await
+    }
+
+    /// Creates a fresh namespace on the given control plane.
+    pub async fn on(plane: &ControlPlane, prefix: &str) -> Self {
+        let client = plane.client().await;
         let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let ns = Namespace {
             metadata: ObjectMeta {

@@ -138,7 +138,6 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "- name: VAULTSYNC_METRICS_ADDR\n              value: \"0.0.0.0:8080\"",
         "- name: VAULTSYNC_LEADER_ELECT\n              value: \"true\"",
         "- name: VAULTSYNC_LOG_JSON\n              value: \"true\"",
-        "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"30s\"",
         "- name: VAULTSYNC_DEFAULT_RPS\n              value: \"50\"",
         "- name: VAULTSYNC_DEFAULT_BURST\n              value: \"100\"",
         "- name: VAULTSYNC_ALLOWED_TOKEN_AUDIENCES\n              value: \"api://AzureADTokenExchange,vault\"",
@@ -178,7 +177,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
                 "--set",
                 "operator.logJson=false",
                 "--set",
-                "operator.cacheWindow=1m",
+                "operator.reconcileTimeout=1m",
                 "--set",
                 "nodeSelector.kubernetes\\.io/os=linux",
                 "--set",
@@ -200,7 +199,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver_and_hardened() {
         "replicas: 1",
         "serviceAccountName: existing",
         "- name: VAULTSYNC_LOG_JSON\n              value: \"false\"",
-        "- name: VAULTSYNC_CACHE_WINDOW\n              value: \"1m\"",
+        "- name: VAULTSYNC_RECONCILE_TIMEOUT\n              value: \"1m\"",
         "kubernetes.io/os: linux",
         "team: platform",
         "example.com/note: hello",
@@ -256,7 +255,7 @@ async fn helm_install_creates_the_operator_and_its_rights() {
     assert_eq!(value("VAULTSYNC_METRICS_ADDR").as_deref(), Some("0.0.0.0:8080"));
     assert_eq!(value("VAULTSYNC_LEADER_ELECT").as_deref(), Some("true"));
     assert_eq!(value("VAULTSYNC_LOG_JSON").as_deref(), Some("true"));
-    assert_eq!(value("VAULTSYNC_CACHE_WINDOW").as_deref(), Some("30s"));
+    assert_eq!(value("VAULTSYNC_RECONCILE_TIMEOUT").as_deref(), Some("2m"));
     assert_eq!(value("VAULTSYNC_DEFAULT_RPS").as_deref(), Some("50"));
     assert_eq!(value("VAULTSYNC_DEFAULT_BURST").as_deref(), Some("100"));
     let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
@@ -449,6 +448,60 @@ async fn service_account_has_exactly_the_rights_it_needs() {
 
     let out = tools.helm(&["uninstall", "rbac", "--namespace", &ns.name]).await;
     assert_success(&out, "helm uninstall");
+}
+
+#[tokio::test]
+async fn wrong_values_fail_the_install_with_a_clear_message() {
+    let ns = TestNamespace::new("helm-schema").await;
+    install_crds(&ns.client).await;
+    let tools = HelmTools::new();
+    for (values, message) in [
+        (&["--set", "replicaCount=two"][..], "at '/replicaCount': got string, want integer"),
+        (&["--set", "replicaCont=2"][..], "additional properties 'replicaCont' not allowed"),
+        (&["--set", "image.pullPolicy=Sometimes"][..], "at '/image/pullPolicy': value must be one of"),
+        (&["--set", "operator.reconcileTimeout=30 seconds"][..], "at '/operator/reconcileTimeout'"),
+        (&["--set", "metrics.port=80800"][..], "at '/metrics/port': maximum"),
+        (&["--set", "eventGrid.enabled=true"][..], "at '/eventGrid/keySecret/name': minLength"),
+        (&["--set", "hostNetwork=yes"][..], "at '/hostNetwork': got string, want boolean"),
+    ] {
+        let mut args = vec!["install", "bad", CHART, "--namespace", &ns.name, "--skip-crds"];
+        args.extend_from_slice(values);
+        let out = tools.helm(&args).await;
+        assert!(!out.status.success(), "helm install {values:?} must fail");
+        let said = text(&out);
+        assert!(said.contains("values don't meet the specifications of the schema"), "{values:?}: {said}");
+        assert!(said.contains(message), "{values:?} should say {message:?}:\n{said}");
+    }
+    let deployments = ns.api::<Deployment>().list(&ListParams::default()).await.expect("listing Deployments");
+    assert!(deployments.items.is_empty(), "nothing was installed");
+
+    // The values the node tests use: the host network, a chosen metrics port, extra environment.
+    let yaml = tools
+        .render(
+            &ns.name,
+            &[
+                "--set",
+                "hostNetwork=true",
+                "--set",
+                "metrics.port=18080",
+                "--set-json",
+                r#"operator.extraEnv=[{"name":"KUBERNETES_SERVICE_HOST","value":"127.0.0.1"}]"#,
+            ],
+        )
+        .await;
+    let deployment = one_of_kind(&yaml, "Deployment");
+    for fact in [
+        "hostNetwork: true",
+        "dnsPolicy: ClusterFirstWithHostNet",
+        "containerPort: 18080",
+        "value: \"0.0.0.0:18080\"",
+        "- name: KUBERNETES_SERVICE_HOST\n              value: 127.0.0.1",
+    ] {
+        assert!(deployment.contains(fact), "the Deployment lacks {fact:?}:\n{deployment}");
+    }
+    assert!(one_of_kind(&yaml, "Service").contains("port: 18080"), "the metrics Service follows metrics.port");
+    let defaults = tools.render(&ns.name, &[]).await;
+    assert!(!defaults.contains("hostNetwork"), "the pod network by default");
 }
 
 #[tokio::test]

@@ -47,10 +47,6 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub reconcile_timeout: Duration,
 
-    /// How long backend reads are shared between VaultSecrets that reference one object.
-    #[arg(long, env = "VAULTSYNC_CACHE_WINDOW", default_value = "30s", value_parser = parse_duration)]
-    pub cache_window: Duration,
-
     /// The request budget of a store that sets none: calls per second.
     #[arg(long, env = "VAULTSYNC_DEFAULT_RPS", default_value_t = 50)]
     pub default_requests_per_second: u32,

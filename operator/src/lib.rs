@@ -55,6 +55,10 @@ pub fn client(mut config: kube::Config) -> anyhow::Result<Client> {
 
 /// Like `run`, with a given client (tests run the operator in process).
 pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.reconcile_timeout >= std::time::Duration::from_secs(1),
+        "--reconcile-timeout must be at least 1s (every sync would time out)"
+    );
     // A misconfigured Event Grid endpoint (no key file, unreadable or weak key) fails the start.
     let event_grid = eventgrid::Config::from_args(&args)?;
     let metrics = metrics::Metrics::new();

@@ -63,8 +63,8 @@ pub struct Workload {
     pub name: String,
 }
 
-/// The latest status written per VaultSecret, shared with the VaultSecret controller.
-pub type Statuses = Arc<Mutex<HashMap<(String, String), VaultSecretStatus>>>;
+/// The latest status written per VaultSecret (by UID), shared with the VaultSecret controller.
+pub type Statuses = Arc<Mutex<HashMap<String, VaultSecretStatus>>>;
 
 pub struct Rollouts {
     client: Client,
@@ -79,6 +79,10 @@ pub struct Rollouts {
     pending: Mutex<BTreeMap<Workload, Instant>>,
     /// Paused workloads already told about the content they wait for: one Event per change, not per check.
     warned_paused: Mutex<HashMap<Workload, String>>,
+    /// Set by the VaultSecret controller's first reconcile, which runs only once it has listed every VaultSecret.
+    /// (The list's own readiness future wakes only one waiter, and the controller is it.)
+    pub vaultsecrets_listed: Arc<std::sync::atomic::AtomicBool>,
+    started: Instant,
     wake: Notify,
 }
 
@@ -128,6 +132,8 @@ impl Rollouts {
             labelled: Mutex::default(),
             pending: Mutex::default(),
             warned_paused: Mutex::default(),
+            vaultsecrets_listed: Arc::default(),
+            started: Instant::now(),
             wake: Notify::new(),
         }
     }
@@ -232,6 +238,14 @@ impl Rollouts {
     /// Compares the content the workload depends on with what it last saw, and rolls it (or records a baseline)
     /// as needed.
     async fn check(&self, workload: &Workload) -> Result<(), kube::Error> {
+        // Judge only with every VaultSecret known: right after a start the watch of workloads may be quicker than the
+        // VaultSecrets' (the controller reconciles only once it has listed them). Look again shortly.
+        if !self.vaultsecrets_listed.load(std::sync::atomic::Ordering::Relaxed)
+            && self.started.elapsed() < Duration::from_secs(30)
+        {
+            self.schedule(workload.clone(), Duration::from_secs(1));
+            return Ok(());
+        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &workload.namespace, &resource(workload.kind));
         let Some(object) = api.get_opt(&workload.name).await? else { return Ok(()) };
@@ -343,8 +357,7 @@ impl Rollouts {
             if !consumer {
                 continue;
             }
-            let key = (workload.namespace.clone(), vs.name_any());
-            let status = match (statuses.get(&key), vs.status.as_ref()) {
+            let status = match (statuses.get(&crate::vaultsecret::uid(&vs)), vs.status.as_ref()) {
                 (Some(ours), Some(seen)) if seen.synced_at > ours.synced_at => seen.clone(),
                 (Some(ours), _) => ours.clone(),
                 (None, Some(seen)) => seen.clone(),

@@ -76,7 +76,8 @@ async fn a_secret_created_a_moment_before_the_first_write_is_not_adopted() {
     let secrets = env.ns.api::<Secret>();
     let theirs = secrets.create(&PostParams::default(), &users_secret("late", false)).await.expect("someone's Secret");
     let vs = env.wait_reason("late", "OwnershipConflict").await;
-    assert!(vs.status.expect("status").conditions[0].message.contains("created by someone else"));
+    let message = vs.status.expect("status").conditions[0].message.clone();
+    assert!(message.contains("Secret late") && message.contains("not managed by vaultsync"), "{message}");
     let after = secrets.get("late").await.expect("their Secret");
     assert_eq!(after.data, theirs.data, "their Secret was not written");
     assert!(after.metadata.labels.unwrap_or_default().is_empty(), "nor labelled as ours");

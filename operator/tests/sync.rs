@@ -21,14 +21,16 @@ async fn a_vault_secret_becomes_a_secret_and_follows_rotation() {
     let secret = env.wait_secret_value("db", "password", "first-password-value").await;
     let labels = secret.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("vaultsync.dev/vaultsecret").map(String::as_str), Some("db"));
-    let owners = secret.metadata.owner_references.clone().unwrap_or_default();
-    assert_eq!(owners.len(), 1, "creationPolicy Owner sets an owner reference");
-    assert_eq!(owners[0].kind, "VaultSecret");
+    // Owner with Retain (the defaults): no owner reference (the Secret stays when the VaultSecret goes), and so no
+    // finalizer either: deleting needs nothing the garbage collector cannot do.
+    assert!(secret.metadata.owner_references.clone().unwrap_or_default().is_empty());
     let vs = env.wait_reason("db", "Synced").await;
+    assert!(vs.metadata.finalizers.clone().unwrap_or_default().is_empty(), "no finalizer needed");
     let status = vs.status.expect("status");
     assert_eq!(status.versions.get("password"), Some(&v1));
     assert!(status.data_hmac.as_deref().is_some_and(|h| h.starts_with("hmac-sha256:")));
-    assert!(status.refresh_time.is_some() && status.synced_at.is_some());
+    assert!(status.synced_at.is_some() && status.refresh_time.is_none(), "the schedule is not written");
+    assert_eq!(status.secret_resource_version, secret.metadata.resource_version, "the written version is recorded");
 
     // Rotate in the vault; a force-sync annotation refreshes at once.
     let v2 = env.vault.set_secret("db-password", "second-password-value");
@@ -172,36 +174,51 @@ async fn merge_keeps_the_other_keys_and_delete_removes_only_ours() {
 async fn deletion_policies() {
     let env = Env::start("sync-delete").await;
     env.vault.set_secret("k", "v");
-    let mut delete = one_key("k", "k");
-    delete["target"] = json!({ "creationPolicy": "Orphan", "deletionPolicy": "Delete" });
-    env.apply_vault_secret("goes", delete).await;
+    let with = |creation: &str, deletion: &str| {
+        let mut spec = one_key("k", "k");
+        spec["target"] = json!({ "creationPolicy": creation, "deletionPolicy": deletion });
+        spec
+    };
+    env.apply_vault_secret("orphan-goes", with("Orphan", "Delete")).await;
+    env.apply_vault_secret("owned-goes", with("Owner", "Delete")).await;
     env.apply_vault_secret("stays", one_key("k", "k")).await; // Owner + Retain (defaults)
-    env.wait_secret_value("goes", "k", "v").await;
-    env.wait_secret_value("stays", "k", "v").await;
-
+    for name in ["orphan-goes", "owned-goes", "stays"] {
+        env.wait_secret_value(name, "k", "v").await;
+    }
     let vaultsecrets = env.ns.api::<VaultSecret>();
-    for name in ["goes", "stays"] {
+    // A finalizer only where deletion must do what the garbage collector cannot (a Secret without owner reference).
+    let finalizers = |vs: VaultSecret| vs.metadata.finalizers.unwrap_or_default();
+    let orphan = env.wait_reason("orphan-goes", "Synced").await;
+    assert_eq!(finalizers(orphan), ["vaultsync.dev/cleanup"]);
+    assert!(finalizers(env.wait_reason("owned-goes", "Synced").await).is_empty());
+    let owned = env.secret("owned-goes").await.expect("owned Secret");
+    assert_eq!(owned.metadata.owner_references.unwrap_or_default().len(), 1, "Owner with Delete: an owner reference");
+
+    for name in ["orphan-goes", "owned-goes", "stays"] {
         vaultsecrets.delete(name, &DeleteParams::default()).await.expect("delete");
     }
     let secrets = env.ns.api::<Secret>();
-    eventually(Duration::from_secs(15), "the Delete-policy Secret to go", || async {
-        secrets.get_opt("goes").await.ok()?.is_none().then_some(())
+    eventually(Duration::from_secs(20), "the Orphan Secret to go (vaultsync's cleanup)", || async {
+        secrets.get_opt("orphan-goes").await.ok()?.is_none().then_some(())
     })
     .await;
-    eventually(Duration::from_secs(15), "both VaultSecrets to be gone", || async {
-        (vaultsecrets.get_opt("stays").await.ok()?.is_none() && vaultsecrets.get_opt("goes").await.ok()?.is_none())
-            .then_some(())
+    // The garbage collector picks up a new custom resource kind within its discovery period (30 s) and then
+    // deletes the dependents of a deleted owner.
+    eventually(Duration::from_secs(90), "the Owner Secret to go (the garbage collector)", || async {
+        secrets.get_opt("owned-goes").await.ok()?.is_none().then_some(())
     })
     .await;
-    // Retain dropped vaultsync's owner reference before the VaultSecret went, so the garbage collector, which acts
-    // only on owner references, has nothing to act on; and vaultsync's labels, so nothing manages it any more.
+    eventually(Duration::from_secs(15), "the VaultSecrets to be gone", || async {
+        vaultsecrets.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    // Retain: the Secret had no owner reference, so the garbage collector, which acts only on owner references, has
+    // nothing to act on. It keeps vaultsync's labels: a VaultSecret of the same name takes it back.
     let kept = secrets.get("stays").await.expect("Retain keeps the Secret");
     assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
-    let labels = kept.metadata.labels.unwrap_or_default();
-    for label in ["app.kubernetes.io/managed-by", "vaultsync.dev/vaultsecret", "vaultsync.dev/created"] {
-        assert!(!labels.contains_key(label), "Retain removes {label}: {labels:?}");
-    }
     assert_eq!(kept.data.expect("data")["k"].0, b"v");
+    env.apply_vault_secret("stays", one_key("k", "k")).await;
+    env.wait_reason("stays", "Synced").await;
     env.finish().await;
 }
 

@@ -76,12 +76,19 @@ The operator image.
 {{- end }}
 
 {{/*
+The metrics port (/metrics, /healthz, /readyz): the container port, and the Service port.
+*/}}
+{{- define "vaultsync.metricsPort" -}}
+{{- int .Values.metrics.port }}
+{{- end }}
+
+{{/*
 The Event Grid endpoint's port, checked: a port number other than the metrics port.
 */}}
 {{- define "vaultsync.eventGridPort" -}}
 {{- $port := int .Values.eventGrid.port }}
-{{- if or (lt $port 1) (gt $port 65535) (eq $port 8080) }}
-{{- fail "eventGrid.port must be a port number other than 8080 (the metrics port)" }}
+{{- if eq $port (int .Values.metrics.port) }}
+{{- fail (printf "eventGrid.port must differ from metrics.port (%d)" $port) }}
 {{- end }}
 {{- $port }}
 {{- end }}

@@ -25,7 +25,6 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{Recorder, Reporter},
-        finalizer::{Event as Finalizer, finalizer},
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
@@ -34,7 +33,10 @@ use kube::{
 use rand::Rng as _;
 use tokio::sync::mpsc;
 use tracing::{instrument, warn};
-use vaultsync_api::{ClusterVaultStore, VaultSecret, VaultStore, secret::StoreKind};
+use vaultsync_api::{
+    ClusterVaultStore, VaultSecret, VaultStore,
+    secret::{CreationPolicy, DeletionPolicy, StoreKind},
+};
 use vaultsync_backend::cache::ReadCache;
 use vaultsync_stores::Stores;
 use zeroize::Zeroizing;
@@ -83,15 +85,21 @@ pub struct Context {
     recorder: Recorder,
     hmac_key: Zeroizing<Vec<u8>>,
     secrets: Store<PartialObjectMeta<Secret>>,
-    written: Mutex<HashMap<(String, String), Written>>,
+    /// Whether `secrets` has listed every managed Secret. (`Store::wait_until_ready` wakes only its latest waiter, so
+    /// one task waits there and many reconciles wait here.)
+    secrets_ready: tokio::sync::watch::Receiver<bool>,
+    written: Mutex<HashMap<String, Written>>,
     /// The last status this process wrote per VaultSecret: the object a reconcile gets may not
     /// show it yet, and acting on the older status would read the vault twice.
     statuses: Statuses,
     rollouts: Arc<Rollouts>,
-    /// VaultSecrets a vault event asked to refresh now.
-    requested: Mutex<std::collections::HashSet<(String, String)>>,
+    /// VaultSecrets (by UID) a vault event asked to refresh now.
+    requested: Mutex<std::collections::HashSet<String>>,
     /// The longest a reconcile may take before it is abandoned and retried.
     reconcile_timeout: Duration,
+    /// When this process last read the vault for each VaultSecret: the schedule, kept out of the status so that
+    /// unchanged content costs no write.
+    schedule: Mutex<HashMap<String, Timestamp>>,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -102,11 +110,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("finalizer of {object}: {source}")]
+    #[error("the cleanup finalizer of {object}: {source}")]
     Finalizer {
         object: String,
         #[source]
-        source: Box<kube::runtime::finalizer::Error<Error>>,
+        source: kube::Error,
     },
     #[error("reconciling {object} timed out")]
     Timeout { object: String },
@@ -146,9 +154,18 @@ impl Context {
             vaultsecrets,
             statuses.clone(),
         );
+        let (ready, secrets_ready) = tokio::sync::watch::channel(false);
+        let listed = secrets.clone();
+        tokio::spawn(async move {
+            if listed.wait_until_ready().await.is_ok() {
+                let _ = ready.send(true);
+            }
+        });
         Self {
+            secrets_ready,
             stores,
-            cache: ReadCache::new(args.cache_window),
+            // VaultSecrets say how old a read they accept (most of their refresh interval); five minutes otherwise.
+            cache: ReadCache::new(Duration::from_secs(300)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -159,6 +176,7 @@ impl Context {
             rollouts: Arc::new(rollouts),
             requested: Mutex::default(),
             reconcile_timeout: args.reconcile_timeout,
+            schedule: Mutex::default(),
         }
     }
 }
@@ -184,17 +202,34 @@ pub fn controller(
     // Only the Secrets we manage, and only their metadata: no cache of every Secret's data.
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let (secrets_reader, secrets_writer) = reflector::store();
-    let secret_events =
-        reflector::reflector(secrets_writer, watcher(secrets_api, managed)).default_backoff().touched_objects();
+    // Memory: of a Secret's managed fields only whether our create's entry is still there (see `target.rs`).
+    let secret_events = reflector::reflector(
+        secrets_writer,
+        watcher(secrets_api, managed).modify(|secret: &mut PartialObjectMeta<Secret>| {
+            let ours = target::create_entry_of(secret.metadata.managed_fields.take());
+            secret.metadata.managed_fields = ours;
+            secret.metadata.annotations = None;
+        }),
+    )
+    .default_backoff()
+    .touched_objects();
 
     // Our own status writes must not trigger reconciles (a failing VaultSecret would retry at
     // once instead of after its backoff): only spec, force-sync and deletion changes do.
     let (reader, writer) = reflector::store();
-    let vaultsecret_events =
-        reflector::reflector(writer, watcher(vaultsecrets, watcher::Config::default().any_semantic()))
-            .default_backoff()
-            .applied_objects()
-            .predicate_filter(spec_or_request_changed, Default::default());
+    // Memory: the cached VaultSecrets keep neither managed fields nor the last-applied annotation kubectl adds.
+    let vaultsecret_events = reflector::reflector(
+        writer,
+        watcher(vaultsecrets, watcher::Config::default().any_semantic()).modify(|vs: &mut VaultSecret| {
+            vs.metadata.managed_fields = None;
+            if let Some(annotations) = vs.metadata.annotations.as_mut() {
+                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        }),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(spec_or_request_changed, Default::default());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
     // Stores: only spec changes matter here (not the status the store controller writes), and the
@@ -216,8 +251,8 @@ pub fn controller(
     let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader.clone());
     let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores, reader));
     let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone());
-    let backlog = report_backlog(ctx.clone(), by_backlog.clone());
     let (sender, requests) = mpsc::unbounded_channel();
+    let backlog = report_backlog(ctx.clone(), by_backlog.clone(), sender.clone());
     let trigger = RefreshTrigger {
         client: client.clone(),
         namespace: args.watch_namespace.clone(),
@@ -251,20 +286,51 @@ pub fn controller(
     (trigger, run)
 }
 
-/// Publishes, every few seconds, how many VaultSecrets wait for work (new, changed, or past
-/// their refresh time by more than 10 s) and how the cache served reads.
-async fn report_backlog(ctx: Arc<Context>, store: Store<VaultSecret>) {
+/// Publishes, every few seconds, how many VaultSecrets wait for work (new, changed, or more than 10 s past their
+/// next refresh slot) and how the cache served reads. A VaultSecret that has waited half a minute without this
+/// process ever looking at it (its first event lost in a watch restart, say) is looked at now: none is left
+/// unprocessed until its next change.
+async fn report_backlog(
+    ctx: Arc<Context>,
+    store: Store<VaultSecret>,
+    kick: mpsc::UnboundedSender<ObjectRef<VaultSecret>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
+        let forgotten = Timestamp::now() - SignedDuration::from_secs(30);
+        let live = store.state();
+        for vs in &live {
+            let created = vs.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let looked_at = ctx.schedule.lock().expect("schedule lock").contains_key(&uid(vs));
+            if !looked_at && vs.status.is_none() && created.is_some_and(|at| at < forgotten) {
+                let name = format!("{}/{}", vs.namespace().unwrap_or_default(), vs.name_any());
+                tracing::warn!(vaultsecret = %name, "never looked at; reconciling it now");
+                let _ = kick.send(ObjectRef::from_obj(vs.as_ref()));
+            }
+        }
+        // Forget what was kept for VaultSecrets that are gone (most go without a finalizer, so without a cleanup).
+        if ctx.rollouts.vaultsecrets_listed.load(std::sync::atomic::Ordering::Relaxed) {
+            let uids: std::collections::HashSet<String> = live.iter().map(|vs| uid(vs)).collect();
+            ctx.written.lock().expect("written lock").retain(|k, _| uids.contains(k));
+            ctx.statuses.lock().expect("statuses lock").retain(|k, _| uids.contains(k));
+            ctx.schedule.lock().expect("schedule lock").retain(|k, _| uids.contains(k));
+        }
         let late = Timestamp::now() - SignedDuration::from_secs(10);
+        let schedule = ctx.schedule.lock().expect("schedule lock").clone();
         let waiting = store
             .state()
             .iter()
             .filter(|vs| {
                 let status = vs.status.clone().unwrap_or_default();
-                status.observed_generation != vs.metadata.generation
-                    || timestamp(status.refresh_time.as_deref()).is_some_and(|at| at < late)
+                let overdue = match (plan::refresh_interval(&vs.spec.refresh_interval), schedule.get(&uid(vs))) {
+                    (Ok(plan::Interval::Every(every)), Some(last_read)) => {
+                        let phase = plan::phase(&vs.uid().unwrap_or_default(), every);
+                        plan::next_due(*last_read, every, phase).is_some_and(|due| due < late)
+                    }
+                    _ => false,
+                };
+                status.observed_generation != vs.metadata.generation || overdue
             })
             .count();
         ctx.metrics.set_queue_depth(i64::try_from(waiting).unwrap_or(i64::MAX));
@@ -274,8 +340,7 @@ async fn report_backlog(ctx: Arc<Context>, store: Store<VaultSecret>) {
     }
 }
 
-/// Changes that call for a reconcile: a new spec (generation), a force-sync annotation,
-/// deletion, and finalizers (the finalizer helper waits for its own finalizer to be seen).
+/// Changes that call for a reconcile: a new spec (generation), a force-sync annotation, deletion.
 fn spec_or_request_changed(vs: &VaultSecret) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -283,8 +348,14 @@ fn spec_or_request_changed(vs: &VaultSecret) -> Option<u64> {
     vs.metadata.generation.hash(&mut hasher);
     vs.annotations().get(FORCE_SYNC).hash(&mut hasher);
     vs.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    vs.metadata.finalizers.hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// Whether deleting the VaultSecret must do something the garbage collector cannot: delete a Secret that has no owner
+/// reference (`Orphan`), or take vaultsync's keys out of someone's Secret (`Merge`). `Owner` with `Delete` gives the
+/// Secret an owner reference and the garbage collector removes it; `Retain` leaves it.
+pub fn needs_finalizer(vs: &VaultSecret) -> bool {
+    vs.spec.target.deletion_policy == DeletionPolicy::Delete && vs.spec.target.creation_policy != CreationPolicy::Owner
 }
 
 /// The VaultSecrets that use a store (in `namespace` for a VaultStore).
@@ -306,30 +377,39 @@ fn referencing(
 #[instrument(skip(vs, ctx), fields(vaultsecret = %format!("{}/{}", vs.namespace().unwrap_or_default(), vs.name_any())))]
 async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
+    ctx.rollouts.vaultsecrets_listed.store(true, std::sync::atomic::Ordering::Relaxed);
     let namespace = vs.namespace().unwrap_or_default();
-    let api: Api<VaultSecret> = Api::namespaced(ctx.client.clone(), &namespace);
     let object = format!("{namespace}/{}", vs.name_any());
-    // The finalizer helper patches the VaultSecret to add or remove our finalizer: count those writes.
-    let has_finalizer = vs.finalizers().iter().any(|f| f == FINALIZER);
-    if has_finalizer == vs.metadata.deletion_timestamp.is_some() {
-        ctx.metrics.apiserver_write("patch", "vaultsecrets");
-    }
     // A stuck apiserver or vault call must not hold one of the controller's slots for ever.
-    let work = finalizer(&api, FINALIZER, vs.clone(), |event| async {
-        match event {
-            Finalizer::Apply(vs) => Sync::new(&vs, &ctx).sync().await,
-            Finalizer::Cleanup(vs) => Sync::new(&vs, &ctx).cleanup().await,
+    let work = async {
+        let sync = Sync::new(&vs, &ctx);
+        let has = vs.finalizers().iter().any(|f| f == FINALIZER);
+        if vs.metadata.deletion_timestamp.is_some() {
+            if has {
+                sync.cleanup().await?;
+                sync.finalizer(false).await?;
+            }
+            return Ok(Action::await_change());
         }
-    });
+        match (needs_finalizer(&vs), has) {
+            (true, false) => sync.finalizer(true).await?,
+            // Earlier versions put the finalizer on every VaultSecret: take it off (and the owner reference a
+            // Retain Secret must not keep, or the garbage collector would delete it with the VaultSecret).
+            (false, true) => {
+                sync.drop_owner_reference().await?;
+                sync.finalizer(false).await?;
+            }
+            _ => {}
+        }
+        sync.sync().await
+    };
     match tokio::time::timeout(ctx.reconcile_timeout, work).await {
-        Ok(Err(
-            kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e),
-        )) => {
+        Ok(Err(Error::Finalizer { source, .. })) => {
             // Typically a right the operator lacks: say so where users look, not only in the log.
-            let failure = status::NotSynced::apiserver("FinalizerFailed", "updating the cleanup finalizer", &e);
+            let failure = status::NotSynced::apiserver("FinalizerFailed", "updating the cleanup finalizer", &source);
             Sync::new(&vs, &ctx).not_synced(failure).await
         }
-        Ok(result) => result.map_err(|source| Error::Finalizer { object, source: Box::new(source) }),
+        Ok(result) => result,
         Err(_) => {
             let message = format!("the sync did not finish within {:?}; retrying", ctx.reconcile_timeout);
             let failure = status::NotSynced::new("Timeout", message, Duration::from_secs(30));
@@ -358,6 +438,11 @@ fn secret_name(vs: &VaultSecret) -> String {
     vs.spec.target.name.clone().unwrap_or_else(|| vs.name_any())
 }
 
+/// A VaultSecret's UID: the key of the per-object maps.
+pub(crate) fn uid(vs: &VaultSecret) -> String {
+    vs.metadata.uid.clone().unwrap_or_default()
+}
+
 fn timestamp(text: Option<&str>) -> Option<Timestamp> {
     text.and_then(|t| t.parse().ok())
 }
@@ -383,8 +468,9 @@ impl<'a> Sync<'a> {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// The key of this VaultSecret in the per-object maps of the context.
-    fn map_key(&self) -> (String, String) {
-        (self.namespace.clone(), self.name.clone())
+    /// The key of this VaultSecret in the per-object maps of the context: its UID, so that a VaultSecret deleted and
+    /// created again under the same name starts afresh.
+    fn map_key(&self) -> String {
+        uid(self.vs)
     }
 }

@@ -1,10 +1,20 @@
 //! The sync decision as a pure function: from what is known about a VaultSecret (its refresh interval, the status it
-//! last reported, what was asked of it, the time) to what a reconcile does. The reconcile only carries the decision
-//! out, so every case is a row in the table of unit tests below, run in milliseconds.
+//! last reported, when this process last read it, what was asked of it, the time) to what a reconcile does. The
+//! reconcile only carries the decision out, so every case is a row in the table of unit tests below, run in
+//! milliseconds.
+//!
+//! The schedule is kept out of the status, so that a refresh that finds the same content writes nothing: each
+//! VaultSecret refreshes in slots every `interval` apart, at an offset given by a hash of what it reads (its store and
+//! objects): VaultSecrets on one interval spread evenly over it, while those that read the same objects share their
+//! slots, and so one read per object and interval. A slot is taken only if it comes at least nine tenths of an
+//! interval after the last read (the age a refresh accepts from the cache), so a VaultSecret never reuses its own
+//! previous read: in steady state it reads every interval, and the first refresh after a read outside its slots
+//! (creation, a forced sync) comes 0.9 to 1.9 intervals later. After a restart the last read is not known, and the
+//! next slot is simply the next one: a restart reads nothing until then, and causes no storm.
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use vaultsync_api::{VaultSecretStatus, condition::READY};
 
 use crate::args::parse_duration;
@@ -41,6 +51,11 @@ pub struct Facts<'a> {
     pub interval: Interval,
     /// The latest status this VaultSecret reported.
     pub status: &'a VaultSecretStatus,
+    /// When this process last read the vault for it; for one not read since the process started, a whole interval
+    /// before the process first looked at it (so its next slot is simply the next one).
+    pub last_read: Timestamp,
+    /// Its slot offset within the interval ([`phase`]).
+    pub phase: Duration,
     /// The spec's generation.
     pub generation: Option<i64>,
     /// The `vaultsync.dev/force-sync` annotation.
@@ -82,9 +97,10 @@ pub enum Decision {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Read {
     pub reason: ReadReason,
-    /// The oldest cached read this may reuse: none for a forced sync (it must see the vault as it is now); half the
-    /// interval otherwise, so a routine refresh never reuses its own previous read; `None` means the cache's own
-    /// window.
+    /// The oldest cached read this may reuse: none for a forced sync (it must see the vault as it is now); nine
+    /// tenths of the interval otherwise, so VaultSecrets that read one object share one read per interval (however
+    /// long working through them takes) while none reuses its own previous read (its slots are an interval apart).
+    /// Five minutes for a VaultSecret that reads once.
     pub max_age: Option<Duration>,
     /// Routine work yields the store's request budget to new, changed and forced work.
     pub routine: bool,
@@ -94,10 +110,11 @@ impl Read {
     /// A read for `reason` with the cache age and budget priority that reason calls for.
     pub fn because(reason: ReadReason, interval: Interval) -> Read {
         let max_age = match (reason, interval) {
-            (ReadReason::Forced, _) => Some(Duration::ZERO),
-            (_, Interval::Every(every)) => Some(every / 2),
-            (_, Interval::Once) => None,
+            (ReadReason::Forced, _) => Duration::ZERO,
+            (_, Interval::Every(every)) => every.mul_f64(0.9),
+            (_, Interval::Once) => Duration::from_secs(300),
         };
+        let max_age = Some(max_age);
         Read { reason, max_age, routine: matches!(reason, ReadReason::Due | ReadReason::Drift) }
     }
 }
@@ -131,14 +148,14 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     if let Some(reason) = reason {
         return Decision::Read(Read::because(reason, facts.interval));
     }
-    let refresh_at = status.refresh_time.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
-    let next = match (facts.interval, refresh_at) {
-        (Interval::Once, _) => None,
-        (Interval::Every(_), None) => return Decision::Read(Read::because(ReadReason::Due, facts.interval)),
-        (Interval::Every(_), Some(at)) if at <= facts.now => {
-            return Decision::Read(Read::because(ReadReason::Due, facts.interval));
-        }
-        (Interval::Every(_), Some(at)) => Some(at.duration_since(facts.now).unsigned_abs().max(Duration::from_secs(1))),
+    let next = match facts.interval {
+        Interval::Once => None,
+        Interval::Every(every) => match next_due(facts.last_read, every, facts.phase) {
+            Some(due) if due > facts.now => {
+                Some(due.duration_since(facts.now).unsigned_abs().max(Duration::from_secs(1)))
+            }
+            _ => return Decision::Read(Read::because(ReadReason::Due, facts.interval)),
+        },
     };
     match &status.data_hmac {
         Some(expected) => Decision::Check { expected: expected.clone(), next },
@@ -158,13 +175,29 @@ pub fn retry_after_failure(backoff: Duration, interval: Interval, vault_asked: b
     }
 }
 
-/// When the next routine refresh is due after a read at `now`: the interval stretched by `jitter` (0 to 0.1) so
-/// that many VaultSecrets on one interval spread out. `None` for [`Interval::Once`] or if the time cannot be
-/// represented (never for an interval within the bounds).
-pub fn next_refresh(now: Timestamp, interval: Interval, jitter: f64) -> Option<Timestamp> {
-    let Interval::Every(every) = interval else { return None };
-    let stretched = Duration::try_from_secs_f64(every.as_secs_f64() * (1.0 + jitter.clamp(0.0, 0.1))).ok()?;
-    now.checked_add(SignedDuration::try_from(stretched).ok()?).ok()
+/// A slot offset within `interval` from a key (what a VaultSecret reads): stable across restarts, spread evenly.
+pub fn phase(uid: &str, interval: Duration) -> Duration {
+    // FNV-1a: a stable hash (std's default hasher is seeded per process).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in uid.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(hash % millis)
+}
+
+/// The first slot (a time `k * interval + phase` after the Unix epoch) at least nine tenths of an interval after
+/// `last_read`. `None` only if the time cannot be represented.
+pub fn next_due(last_read: Timestamp, interval: Duration, phase: Duration) -> Option<Timestamp> {
+    let interval_ms = i128::try_from(interval.as_millis()).ok().filter(|ms| *ms > 0)?;
+    let phase_ms = i128::try_from(phase.as_millis()).ok()?;
+    let earliest = i128::from(last_read.as_millisecond()) + interval_ms * 9 / 10;
+    let slots = (earliest - phase_ms).div_euclid(interval_ms);
+    let mut due = slots * interval_ms + phase_ms;
+    if due < earliest {
+        due += interval_ms;
+    }
+    Timestamp::from_millisecond(i64::try_from(due).ok()?).ok()
 }
 
 #[cfg(test)]
@@ -174,9 +207,10 @@ mod tests {
     use super::*;
 
     const NOW: &str = "2026-12-01T12:00:00Z";
+    const HOUR: Interval = Interval::Every(Duration::from_secs(3600));
 
-    fn now() -> Timestamp {
-        NOW.parse().unwrap()
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
     }
 
     fn ready(status: &str) -> Condition {
@@ -190,23 +224,31 @@ mod tests {
         }
     }
 
-    /// A VaultSecret synced at generation 1, Ready, next refresh in 10 minutes, force-sync "a" acted on.
+    /// A VaultSecret synced at generation 1, Ready, force-sync "a" acted on.
     fn synced() -> VaultSecretStatus {
         VaultSecretStatus {
             conditions: vec![ready("True")],
             observed_generation: Some(1),
             synced_at: Some("2026-12-01T11:00:00Z".into()),
-            refresh_time: Some("2026-12-01T12:10:00Z".into()),
             data_hmac: Some("hmac-sha256:k:abc".into()),
             force_sync: Some("a".into()),
             ..Default::default()
         }
     }
 
-    const HOUR: Interval = Interval::Every(Duration::from_secs(3600));
-
+    /// Read at 11:06 with a slot offset of 10 minutes past the hour: the next slot at least 54 minutes later is
+    /// 12:10.
     fn facts(status: &VaultSecretStatus) -> Facts<'_> {
-        Facts { interval: HOUR, status, generation: Some(1), force_annotation: Some("a"), requested: false, now: now() }
+        Facts {
+            interval: HOUR,
+            status,
+            last_read: at("2026-12-01T11:06:00Z"),
+            phase: Duration::from_secs(600),
+            generation: Some(1),
+            force_annotation: Some("a"),
+            requested: false,
+            now: at(NOW),
+        }
     }
 
     fn read(reason: ReadReason, max_age: Option<u64>, routine: bool) -> Decision {
@@ -218,18 +260,24 @@ mod tests {
         let base = synced();
         let never = VaultSecretStatus::default();
         let failing = VaultSecretStatus { conditions: vec![ready("False")], ..synced() };
-        let due = VaultSecretStatus { refresh_time: Some("2026-12-01T11:59:59Z".into()), ..synced() };
-        let no_refresh_time = VaultSecretStatus { refresh_time: None, ..synced() };
         let no_digest = VaultSecretStatus { data_hmac: None, ..synced() };
         let check_in_10m =
             Decision::Check { expected: "hmac-sha256:k:abc".into(), next: Some(Duration::from_secs(600)) };
+        let slot_passed = at("2026-12-01T12:10:00Z");
+        let read_long_ago = at("2026-12-01T10:00:00Z");
+        let max_age = 3240; // 0.9 of the interval
         let cases: Vec<(&str, Facts<'_>, Decision)> = vec![
             ("synced, not due: check only", facts(&base), check_in_10m.clone()),
             ("never synced, created with a force value", facts(&never), read(ReadReason::Forced, Some(0), false)),
             (
+                "never synced, no force value yet",
+                Facts { force_annotation: None, ..facts(&never) },
+                read(ReadReason::First, Some(max_age), false),
+            ),
+            (
                 "spec changed",
                 Facts { generation: Some(2), ..facts(&base) },
-                read(ReadReason::SpecChanged, Some(1800), false),
+                read(ReadReason::SpecChanged, Some(max_age), false),
             ),
             (
                 "new force-sync value",
@@ -238,20 +286,28 @@ mod tests {
             ),
             ("force-sync value already acted on", facts(&base), check_in_10m.clone()),
             ("force-sync annotation removed", Facts { force_annotation: None, ..facts(&base) }, check_in_10m.clone()),
-            ("vault event", Facts { requested: true, ..facts(&base) }, read(ReadReason::Requested, Some(1800), false)),
-            ("last attempt failed", facts(&failing), read(ReadReason::Retry, Some(1800), false)),
-            ("refresh time passed", facts(&due), read(ReadReason::Due, Some(1800), true)),
-            ("no refresh time recorded", facts(&no_refresh_time), read(ReadReason::Due, Some(1800), true)),
-            ("synced without a digest", facts(&no_digest), read(ReadReason::Due, Some(1800), true)),
+            (
+                "vault event",
+                Facts { requested: true, ..facts(&base) },
+                read(ReadReason::Requested, Some(max_age), false),
+            ),
+            ("last attempt failed", facts(&failing), read(ReadReason::Retry, Some(max_age), false)),
+            ("its slot came", Facts { now: slot_passed, ..facts(&base) }, read(ReadReason::Due, Some(max_age), true)),
+            (
+                "read long ago",
+                Facts { last_read: read_long_ago, ..facts(&base) },
+                read(ReadReason::Due, Some(max_age), true),
+            ),
+            ("synced without a digest", facts(&no_digest), read(ReadReason::Due, Some(max_age), true)),
             (
                 "read once: never due again",
-                Facts { interval: Interval::Once, ..facts(&due) },
+                Facts { interval: Interval::Once, now: slot_passed, ..facts(&base) },
                 Decision::Check { expected: "hmac-sha256:k:abc".into(), next: None },
             ),
             (
                 "read once, first time",
                 Facts { interval: Interval::Once, force_annotation: None, ..facts(&never) },
-                read(ReadReason::First, None, false),
+                read(ReadReason::First, Some(300), false),
             ),
             (
                 "read once, forced",
@@ -263,11 +319,6 @@ mod tests {
                 Facts { generation: Some(2), force_annotation: Some("b"), ..facts(&base) },
                 read(ReadReason::Forced, Some(0), false),
             ),
-            (
-                "never synced, no force value yet",
-                Facts { force_annotation: None, ..facts(&never) },
-                read(ReadReason::First, Some(1800), false),
-            ),
         ];
         for (name, facts, expected) in cases {
             assert_eq!(decide(&facts), expected, "{name}");
@@ -275,12 +326,38 @@ mod tests {
     }
 
     #[test]
-    fn a_refresh_time_a_second_away_waits_at_least_a_second() {
-        let status = VaultSecretStatus { refresh_time: Some("2026-12-01T12:00:00.2Z".into()), ..synced() };
+    fn slots_are_an_interval_apart_and_at_least_nine_tenths_of_one_after_a_read() {
+        let phase = Duration::from_secs(600);
+        let hour = Duration::from_secs(3600);
+        // Read at 11:50: 12:10 is only 20 minutes later, so 13:10.
+        assert_eq!(next_due(at("2026-12-01T11:50:00Z"), hour, phase), Some(at("2026-12-01T13:10:00Z")));
+        // Read at 11:16: 12:10 is 54 minutes later, nine tenths of the hour.
+        assert_eq!(next_due(at("2026-12-01T11:16:00Z"), hour, phase), Some(at("2026-12-01T12:10:00Z")));
+        // Read at 11:17: 12:10 would nearly reuse that read; 13:10.
+        assert_eq!(next_due(at("2026-12-01T11:17:00Z"), hour, phase), Some(at("2026-12-01T13:10:00Z")));
+        // Read exactly at a slot: the next slot.
         assert_eq!(
-            decide(&facts(&status)),
-            Decision::Check { expected: "hmac-sha256:k:abc".into(), next: Some(Duration::from_secs(1)) }
+            next_due(at("2026-12-01T12:10:00Z"), Duration::from_secs(3600), phase),
+            Some(at("2026-12-01T13:10:00Z"))
         );
+        // The longest interval does not overflow.
+        assert!(next_due(at(NOW), MAX_REFRESH, Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn phases_are_stable_and_spread() {
+        let interval = Duration::from_secs(100);
+        assert_eq!(
+            phase("0b7c0e1e-6d2a-4a71-9d0f-1c2b3a4d5e6f", interval),
+            phase("0b7c0e1e-6d2a-4a71-9d0f-1c2b3a4d5e6f", interval)
+        );
+        let mut buckets = [0u32; 10];
+        for i in 0..10_000 {
+            let p = phase(&format!("uid-{i}"), interval);
+            assert!(p < interval);
+            buckets[(p.as_secs() / 10) as usize] += 1;
+        }
+        assert!(buckets.iter().all(|b| (800..1200).contains(b)), "ten buckets of about 1000: {buckets:?}");
     }
 
     #[test]
@@ -309,16 +386,5 @@ mod tests {
             let error = refresh_interval(hostile).expect_err(hostile);
             assert!(error.contains("refreshInterval"), "{hostile}: {error}");
         }
-    }
-
-    #[test]
-    fn next_refresh_never_overflows() {
-        let at = next_refresh(now(), Interval::Every(MAX_REFRESH), 0.1).expect("a year from now fits");
-        assert!(at > now());
-        assert_eq!(next_refresh(now(), Interval::Once, 0.0), None);
-        let end_of_time: Timestamp = "9999-12-01T00:00:00Z".parse().unwrap();
-        assert_eq!(next_refresh(end_of_time, Interval::Every(MAX_REFRESH), 0.0), None, "overflow is None, not a panic");
-        let exact = next_refresh(now(), Interval::Every(Duration::from_secs(100)), 0.05).unwrap();
-        assert_eq!(exact.duration_since(now()).as_secs_f64(), 105.0);
     }
 }

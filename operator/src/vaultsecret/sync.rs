@@ -9,9 +9,11 @@ use kube::{
     ResourceExt as _,
     runtime::{controller::Action, events::EventType},
 };
-use rand::Rng as _;
 use tracing::info;
-use vaultsync_api::{VaultSecretStatus, secret::SkippedObject};
+use vaultsync_api::{
+    VaultSecretStatus,
+    secret::{SkippedObject, StoreKind},
+};
 
 use super::{
     Error, Sync,
@@ -25,6 +27,8 @@ use crate::render::{self, Comparison};
 
 impl Sync<'_> {
     pub(super) async fn sync(&self) -> Result<Action, Error> {
+        // Judge the Secret by the watch cache once it has listed them all (after a restart: no GET per VaultSecret).
+        let _ = self.ctx.secrets_ready.clone().wait_for(|ready| *ready).await;
         let status = self.latest_status();
         let interval = match plan::refresh_interval(&self.vs.spec.refresh_interval) {
             Ok(interval) => interval,
@@ -36,13 +40,20 @@ impl Sync<'_> {
             return self.not_synced(NotSynced::invalid_spec(message)).await;
         }
         let requested = self.ctx.requested.lock().expect("requested lock").remove(&self.map_key());
+        let now = Timestamp::now();
+        let phase = match interval {
+            Interval::Every(every) => plan::phase(&self.reads_key(), every),
+            Interval::Once => Duration::ZERO,
+        };
         let facts = Facts {
             interval,
             status: &status,
+            last_read: self.last_read(interval, now),
+            phase,
             generation: self.vs.metadata.generation,
             force_annotation: self.vs.annotations().get(super::FORCE_SYNC).map(String::as_str),
             requested,
-            now: Timestamp::now(),
+            now,
         };
         let read = match plan::decide(&facts) {
             Decision::Check { expected, next } => match self.check(&status, &expected).await {
@@ -53,7 +64,7 @@ impl Sync<'_> {
             Decision::Read(read) => read,
         };
         let force = plan::new_force_request(&facts).map(str::to_string).or(status.force_sync.clone());
-        match self.read_and_write(&status, interval, read, force).await {
+        match self.read_and_write(&status, interval, phase, read, force).await {
             Ok(action) => Ok(action),
             Err(Failure::NotSynced(failure)) => self.not_synced(failure).await,
             Err(Failure::Kube(error)) => Err(error),
@@ -64,7 +75,7 @@ impl Sync<'_> {
     /// deleted. `false` when it differs and nothing remembers the content (after a restart): the vault is read.
     async fn check(&self, status: &VaultSecretStatus, expected: &str) -> Result<bool, NotSynced> {
         let keys: BTreeSet<String> = status.versions.keys().cloned().collect();
-        if self.secret_matches(expected, &keys).await? {
+        if self.secret_matches(expected, &keys, status.secret_resource_version.as_deref()).await? {
             self.ctx.metrics.sync("checked");
             return Ok(true);
         }
@@ -78,7 +89,12 @@ impl Sync<'_> {
         let Some((data, hmac)) = remembered.filter(|(_, hmac)| hmac == expected) else { return Ok(false) };
         info!(secret = %self.target, "restoring the Secret from the last synced values");
         let target = self.target().await?;
-        self.write(target, &data, &hmac).await?;
+        let written = self.write(target, &data, &hmac).await?;
+        // The Secret's new resourceVersion is what a restarted operator compares with.
+        let healed = VaultSecretStatus { secret_resource_version: written.resource_version(), ..status.clone() };
+        self.patch_status(&healed)
+            .await
+            .map_err(|e| NotSynced::new("StatusWriteFailed", e.to_string(), Duration::from_secs(30)))?;
         self.ctx.metrics.sync("healed");
         self.event(EventType::Normal, "Healed", format!("Secret {} was changed or deleted; restored", self.target))
             .await;
@@ -89,6 +105,7 @@ impl Sync<'_> {
         &self,
         status: &VaultSecretStatus,
         interval: Interval,
+        phase: Duration,
         read: plan::Read,
         force: Option<String>,
     ) -> Result<Action, Failure> {
@@ -111,23 +128,25 @@ impl Sync<'_> {
         let matches = !content_changed
             && read.reason != ReadReason::SpecChanged
             && target != Target::Absent
-            && self.secret_matches(&hmac, &keys).await?;
+            && self.secret_matches(&hmac, &keys, status.secret_resource_version.as_deref()).await?;
+        let mut secret_resource_version = status.secret_resource_version.clone();
         if matches {
             self.ctx.metrics.sync("unchanged");
         } else {
-            self.write(target, &fetched.data, &hmac).await?;
+            let written = self.write(target, &fetched.data, &hmac).await?;
+            secret_resource_version = written.resource_version();
             self.ctx.metrics.sync("synced");
             let note = format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
             self.event(EventType::Normal, "Synced", note).await;
         }
         let now = Timestamp::now();
-        let refresh = plan::next_refresh(now, interval, rand::rng().random_range(0.0..0.1));
+        self.ctx.schedule.lock().expect("schedule lock").insert(self.map_key(), now);
         let message = format!("{} key(s) synced from {}", fetched.data.len(), store.key);
-        let new_status = VaultSecretStatus {
+        let mut new_status = VaultSecretStatus {
             conditions: vec![self.condition(status, "True", "Synced", message, now)],
             observed_generation: self.vs.metadata.generation,
-            synced_at: Some(now.to_string()),
-            refresh_time: refresh.map(|t| t.to_string()),
+            synced_at: status.synced_at.clone(),
+            refresh_time: None,
             versions: fetched.versions,
             data_hmac: Some(hmac),
             content_changed_at: if content_changed { Some(now.to_string()) } else { status.content_changed_at.clone() },
@@ -138,17 +157,56 @@ impl Sync<'_> {
                 .take(100)
                 .map(|(name, reason)| SkippedObject { name: name.clone(), reason: reason.to_string() })
                 .collect(),
+            secret_resource_version,
         };
-        self.patch_status(&new_status).await.map_err(Failure::Kube)?;
+        // Nothing to say when nothing changed: a refresh that finds the same content writes nothing.
+        if new_status != *status {
+            new_status.synced_at = Some(now.to_string());
+            self.patch_status(&new_status).await.map_err(Failure::Kube)?;
+        }
         // A change rolls the workloads that use it. A first sync, or a digest under a new HMAC key, records baselines
         // (the next change is then compared under the same key).
         if comparison != Comparison::Same {
             self.ctx.rollouts.vault_secret_synced(self.vs, &self.target);
         }
-        Ok(match refresh {
-            Some(at) => Action::requeue(at.duration_since(now).unsigned_abs().max(Duration::from_secs(1))),
-            None => Action::await_change(),
+        Ok(match interval {
+            Interval::Every(every) => match plan::next_due(now, every, phase) {
+                Some(due) => Action::requeue(due.duration_since(now).unsigned_abs().max(Duration::from_secs(1))),
+                None => Action::await_change(),
+            },
+            Interval::Once => Action::await_change(),
         })
+    }
+
+    /// When this process last read the vault for this VaultSecret; for one it has not read yet, a whole interval
+    /// before it first looked (remembered), so that its next slot is simply the next one.
+    fn last_read(&self, interval: Interval, now: Timestamp) -> Timestamp {
+        let mut schedule = self.ctx.schedule.lock().expect("schedule lock");
+        *schedule.entry(self.map_key()).or_insert_with(|| match interval {
+            Interval::Every(every) => k8s_openapi::jiff::SignedDuration::try_from(every)
+                .ok()
+                .and_then(|whole| now.checked_sub(whole).ok())
+                .unwrap_or(now),
+            Interval::Once => now,
+        })
+    }
+
+    /// What this VaultSecret reads (store and objects): its refresh slots come from this, so that VaultSecrets
+    /// reading the same objects refresh together and share one read.
+    fn reads_key(&self) -> String {
+        let spec = &self.vs.spec;
+        let mut objects: Vec<String> = spec
+            .data
+            .iter()
+            .map(|d| format!("{}@{}", d.remote_ref.name, d.remote_ref.version.as_deref().unwrap_or_default()))
+            .chain(spec.data_from.iter().map(|d| format!("{d:?}")))
+            .collect();
+        objects.sort();
+        let store = match spec.store_ref.kind {
+            StoreKind::VaultStore => format!("VaultStore/{}/{}", self.namespace, spec.store_ref.name),
+            StoreKind::ClusterVaultStore => format!("ClusterVaultStore/{}", spec.store_ref.name),
+        };
+        format!("{store}|{}", objects.join("|"))
     }
 }
 

@@ -22,7 +22,7 @@ use kube::{
     runtime::reflector::ObjectRef,
 };
 use tracing::{info, warn};
-use vaultsync_api::secret::CreationPolicy;
+use vaultsync_api::secret::{CreationPolicy, DeletionPolicy};
 use vaultsync_backend::SecretBytes;
 
 use super::{FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Sync, Written, status::NotSynced};
@@ -45,6 +45,15 @@ pub(super) enum Target {
 
 fn conflict(message: String) -> NotSynced {
     NotSynced::new("OwnershipConflict", message, Duration::from_secs(120))
+}
+
+/// Of a Secret's managed fields, only our create-time entry, without its field set: all the watch cache needs to know
+/// whether it is still there.
+pub(super) fn create_entry_of(fields: Option<Vec<ManagedFieldsEntry>>) -> Option<Vec<ManagedFieldsEntry>> {
+    let index = update_entry(fields.as_ref())?;
+    let mut entry = fields?.swap_remove(index);
+    entry.fields_v1 = None;
+    Some(vec![entry])
 }
 
 /// The index of our create-time (`Update`) entry in a Secret's managed fields, if any.
@@ -110,7 +119,10 @@ impl Sync<'_> {
         labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
         labels.insert(OWNER_LABEL.into(), self.name.clone());
         labels.insert(CREATED_LABEL.into(), "true".into());
-        let owner_references = (spec.creation_policy == CreationPolicy::Owner)
+        // An owner reference only where the Secret should go with its VaultSecret: the garbage collector then deletes
+        // it, and no finalizer is needed.
+        let owner_references = (spec.creation_policy == CreationPolicy::Owner
+            && spec.deletion_policy == DeletionPolicy::Delete)
             .then(|| self.vs.controller_owner_ref(&()))
             .flatten()
             .map(|owner| vec![OwnerReference { block_owner_deletion: None, ..owner }]);
@@ -130,15 +142,16 @@ impl Sync<'_> {
         }
     }
 
-    /// Writes `data` to the target as `target` allows, and remembers what was written.
-    pub(super) async fn write(&self, target: Target, data: &SecretData, hmac: &str) -> Result<(), NotSynced> {
+    /// Writes `data` to the target as `target` allows, remembers what was written, and returns the Secret as
+    /// written.
+    pub(super) async fn write(&self, target: Target, data: &SecretData, hmac: &str) -> Result<Secret, NotSynced> {
         let written = match target {
             Target::Absent => self.create(data).await?,
             Target::Created { converted } => self.apply_created(data, converted).await?,
             Target::MergeInto => self.apply_merge(data).await?,
         };
         self.remember(&written, data, hmac);
-        Ok(())
+        Ok(written)
     }
 
     /// Creates the Secret; if one appeared since ownership was checked, decides again rather than adopt it.
@@ -302,9 +315,15 @@ impl Sync<'_> {
         ))
     }
 
-    /// Whether the target Secret holds the content whose digest is `expected` over `keys`: known from our last write
-    /// when the Secret's resourceVersion is unchanged, else read once and compared.
-    pub(super) async fn secret_matches(&self, expected: &str, keys: &BTreeSet<String>) -> Result<bool, NotSynced> {
+    /// Whether the target Secret holds the content whose digest is `expected` over `keys`: known when the Secret's
+    /// resourceVersion is the one our last write left (remembered, or recorded in the status as `written_version`),
+    /// else read once and compared.
+    pub(super) async fn secret_matches(
+        &self,
+        expected: &str,
+        keys: &BTreeSet<String>,
+        written_version: Option<&str>,
+    ) -> Result<bool, NotSynced> {
         let cached = self.ctx.secrets.get(&ObjectRef::new(&self.target).within(&self.namespace));
         let cached_version = cached.and_then(|m| m.resource_version());
         if let Some(w) = self.ctx.written.lock().expect("written lock").get(&self.map_key())
@@ -312,6 +331,10 @@ impl Sync<'_> {
             && cached_version.as_ref() == Some(&w.resource_version)
         {
             return Ok(w.hmac == expected);
+        }
+        // After a restart: untouched since the write the status records, so it holds what the status describes.
+        if written_version.is_some() && cached_version.as_deref() == written_version {
+            return Ok(true);
         }
         // After a restart, when someone else wrote, or while our cache has not seen our own write yet: compare what
         // is there.

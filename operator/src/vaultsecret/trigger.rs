@@ -69,8 +69,7 @@ impl RefreshTrigger {
             self.ctx.cache.invalidate(object);
         }
         for vs in &readers {
-            let key = (vs.namespace().unwrap_or_default(), vs.name_any());
-            self.ctx.requested.lock().expect("requested lock").insert(key);
+            self.ctx.requested.lock().expect("requested lock").insert(super::uid(vs));
             let _ = self.sender.send(ObjectRef::from_obj(vs.as_ref()));
         }
         Ok(readers.len())

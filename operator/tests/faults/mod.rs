@@ -307,7 +307,8 @@ impl Lab {
     pub async fn start(prefix: &str, options: Options) -> Lab {
         let ns = TestNamespace::new(prefix).await;
         install_crds(&ns.client).await;
-        let (vault, entra) = crate::support::azure_servers(&ns, Some(options.token_lifetime)).await;
+        let vaultsync_e2e::azure::AzureVault { vault, entra } =
+            vaultsync_e2e::azure::AzureVault::start_with(&ns, Some(options.token_lifetime)).await;
         let toxiproxy = Toxiproxy::shared();
         let vault_proxy =
             toxiproxy.proxy(&format!("{}-vault", ns.name), &vault.addr().to_string()).await.expect("vault proxy");

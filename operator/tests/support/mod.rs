@@ -11,26 +11,17 @@ use std::{
 };
 
 use clap::Parser as _;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::{
-    Api,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
-};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_e2e::{
-    TestNamespace,
-    entra::{EntraServer, Federation},
-    eventually, install_crds,
-    keyvault::KeyVaultServer,
-    tls::TestCa,
+    TestNamespace, azure::AzureVault, entra::EntraServer, eventually, install_crds, keyvault::KeyVaultServer,
 };
 use vaultsync_operator::Args;
 
-pub const READER_SA: &str = "vaultsync-reader";
-pub const CLIENT_ID: &str = "app-reader";
-/// The tenant of the test vault and its stores.
-pub const TENANT: &str = "tenant-1";
+#[allow(unused_imports)] // each test binary uses a different part
+pub use vaultsync_e2e::azure::{CLIENT_ID, READER_SA, TENANT};
 
 /// Everything a test needs.
 pub struct Env {
@@ -57,6 +48,13 @@ impl Drop for Env {
         if !std::thread::panicking() {
             vaultsync_e2e::liveness::check();
             assert!(self.finished, "a test must end with `env.finish().await`, which scans for leaked values");
+        } else if let Some(logs) = LOGS.get() {
+            // A failed test: keep the operator's logs (of this test binary) next to the other test logs.
+            let file = vaultsync_e2e::process::log_dir().join(format!("operator-{}.log", self.ns.name));
+            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
+            if std::fs::write(&file, logs).is_ok() {
+                eprintln!("the operator's logs: {}", file.display());
+            }
         }
     }
 }
@@ -114,35 +112,6 @@ fn assert_free_of(text: &str, what: &str, values: &[&str]) {
     }
 }
 
-/// The reader service account in `ns`, the Key Vault test server, and the Entra test server federated with that
-/// account (its tokens living `token_lifetime`, by default Entra's hour), the vault accepting only Entra's token.
-pub async fn azure_servers(ns: &TestNamespace, token_lifetime: Option<Duration>) -> (KeyVaultServer, EntraServer) {
-    let accounts: Api<ServiceAccount> = ns.api();
-    let sa = ServiceAccount {
-        metadata: ObjectMeta { name: Some(READER_SA.into()), ..Default::default() },
-        ..Default::default()
-    };
-    accounts.create(&PostParams::default(), &sa).await.expect("service account");
-    let access_token = format!("token-for-{}", ns.name);
-    let federation = Federation {
-        client_id: CLIENT_ID.into(),
-        subject: format!("system:serviceaccount:{}:{READER_SA}", ns.name),
-        audience: "api://AzureADTokenExchange".into(),
-        access_token: access_token.clone(),
-    };
-    // The vault's 401 challenge names the store's tenant and the vault's own origin as the resource, which the
-    // Entra server issues tokens for.
-    let vault =
-        KeyVaultServer::builder().authority("https://login.microsoftonline.com", TENANT).start().await.expect("vault");
-    let mut entra = EntraServer::builder(Some(ns.client.clone())).federation(federation);
-    if let Some(lifetime) = token_lifetime {
-        entra = entra.token_lifetime(lifetime);
-    }
-    let entra = entra.resource(vault.challenge_resource()).start().await.expect("entra");
-    vault.require_bearer(Some(access_token));
-    (vault, entra)
-}
-
 impl Env {
     /// A namespace with the reader service account, the test servers, a VaultStore `kv` using
     /// workload identity, and the operator running.
@@ -150,7 +119,7 @@ impl Env {
         capture_logs();
         let ns = TestNamespace::new(prefix).await;
         install_crds(&ns.client).await;
-        let (vault, entra) = azure_servers(&ns, None).await;
+        let AzureVault { vault, entra } = AzureVault::start(&ns).await;
         let metrics_port = vaultsync_e2e::process::free_port().expect("a free port");
         let operator_client = vaultsync_e2e::chart::operator_client(&ns, &[]).await;
         let mut env = Env {
@@ -170,14 +139,7 @@ impl Env {
 
     /// The spec of a store on the test vault, using workload identity with the reader account.
     pub fn store_spec(&self) -> Value {
-        json!({ "provider": { "azureKeyVault": {
-            "vaultUrl": self.vault.url(),
-            "tenantId": TENANT,
-            "cloud": "Custom",
-            "authorityHost": self.entra.authority_host(),
-            "caBundle": TestCa::shared().ca_pem(),
-            "auth": { "workloadIdentity": { "serviceAccountRef": { "name": READER_SA }, "clientId": CLIENT_ID } },
-        }}})
+        vaultsync_e2e::azure::store_spec(&self.vault, &self.entra)
     }
 
     pub fn operator_args(&self) -> Args {

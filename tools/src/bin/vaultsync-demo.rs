@@ -3,6 +3,9 @@
 //! `VaultStore` and a `VaultSecret`, runs the operator in process, shows the Kubernetes Secret it
 //! writes, rotates the vault secret and shows the new value arriving, then waits for Ctrl-C with
 //! everything still running so it can be explored with kubectl. Only demo values are used.
+//!
+//! `--node` (`make demo NODE=1`, needs root) adds a node: a pod reads the Secret from its environment and a
+//! file and prints what it sees, before the rotation and, rolled by the operator, after it.
 
 use std::{
     fs::{self, File},
@@ -16,12 +19,15 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use clap::Parser as _;
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret, ServiceAccount},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Pod, Secret, ServiceAccount},
+    },
     jiff::Timestamp,
 };
 use kube::{
     Api,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
@@ -31,6 +37,7 @@ use vaultsync_e2e::{
     entra::{EntraServer, Federation},
     install_crds,
     keyvault::KeyVaultServer,
+    node,
     openbao::{self, OpenBao},
     process::{free_port, log_dir, tool},
     tls::TestCa,
@@ -77,7 +84,7 @@ async fn run() -> anyhow::Result<()> {
         biased;
         _ = interrupt.recv() => Ok(()),
         _ = terminate.recv() => Ok(()),
-        result = demo(&files) => result,
+        result = demo(&files, std::env::args().any(|a| a == "--node")) => result,
     };
     // A start interrupted by Ctrl-C fails on a background thread now; that is no news.
     std::panic::set_hook(Box::new(|_| {}));
@@ -144,11 +151,14 @@ fn say(text: impl std::fmt::Display) {
     println!("      {text}");
 }
 
-async fn demo(files: &DemoFiles) -> anyhow::Result<()> {
+async fn demo(files: &DemoFiles, with_node: bool) -> anyhow::Result<()> {
     // 1. The environment.
     step(1, "Starting a local Kubernetes control plane, the Key Vault and Entra test servers, and OpenBao");
     let started = Instant::now();
-    let control_plane = tokio::task::spawn_blocking(ControlPlane::shared);
+    let control_plane = tokio::task::spawn_blocking(move || match with_node {
+        true => ControlPlane::shared_with_node(),
+        false => ControlPlane::shared(),
+    });
     let bao = tokio::task::spawn_blocking(OpenBao::shared);
     let control_plane = control_plane.await.map_err(|e| anyhow!("the control plane did not start: {e}"))?;
     let bao = bao.await.map_err(|e| anyhow!("OpenBao did not start: {e}"))?;
@@ -169,8 +179,9 @@ async fn demo(files: &DemoFiles) -> anyhow::Result<()> {
     // Like Azure: only a caller with a token from Entra gets in.
     vault.require_bearer(Some(ACCESS_TOKEN.into()));
     say(format!(
-        "Kubernetes  {}  (etcd, kube-apiserver, kube-controller-manager; no kubelet)",
-        control_plane.server_url()
+        "Kubernetes  {}  (etcd, kube-apiserver, kube-controller-manager; {})",
+        control_plane.server_url(),
+        if with_node { "a node: containerd, a kubelet, kube-scheduler" } else { "no kubelet" }
     ));
     say(format!("Key Vault   {}  (the project's Azure Key Vault secrets-API test server)", vault.url()));
     say(format!("Entra ID    {}  (test token endpoint for workload identity)", entra.authority_host()));
@@ -273,6 +284,17 @@ async fn demo(files: &DemoFiles) -> anyhow::Result<()> {
     let status = vault_secrets.get(VAULT_SECRET).await?.status.unwrap_or_default();
     say(format!("VaultSecret {VAULT_SECRET} status (versions and times, never values):"));
     print_status(&status);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    if with_node {
+        let image = control_plane.import_image(node::WORKLOAD_IMAGE);
+        let mut deployment =
+            node::workload_deployment("app", &image, VAULT_SECRET, SECRET_KEY, json!({ RELOAD: "true" }));
+        deployment.metadata.namespace = Some(NAMESPACE.into());
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+        created(deployments.create(&PostParams::default(), &deployment).await).context("creating the Deployment")?;
+        say(format!("Deployment {NAMESPACE}/app (label {RELOAD}=\"true\") reads the Secret from $VALUE and a file:"));
+        show_pod_reading(&pods, "demo-password-v1", &mut operator).await?;
+    }
 
     // 5. Rotation.
     step(5, "Rotating the secret in the vault");
@@ -319,6 +341,10 @@ async fn demo(files: &DemoFiles) -> anyhow::Result<()> {
         secret_value(&secrets).await?.unwrap_or_default(),
         rotated.elapsed().as_secs_f64()
     ));
+    if with_node {
+        say("The operator rolled the Deployment: a new pod reads the new value.");
+        show_pod_reading(&pods, "demo-password-v3", &mut operator).await?;
+    }
 
     // 6. Exploring.
     step(6, "Look around; everything keeps running until Ctrl-C");
@@ -357,6 +383,35 @@ async fn demo(files: &DemoFiles) -> anyhow::Result<()> {
         Ok(Err(e)) => Err(e.context("the operator stopped")),
         Err(e) => bail!("the operator stopped: {e}"),
     }
+}
+
+/// The label that makes the operator roll a workload when a Secret it uses changes.
+const RELOAD: &str = "vaultsync.dev/reload";
+
+/// Waits for a ready pod of the Deployment that prints `value` from both its environment and its file, and shows
+/// what it printed (read through the apiserver from the kubelet, like `kubectl logs`).
+async fn show_pod_reading(pods: &Api<Pod>, value: &str, operator: &mut AbortOnDrop) -> anyhow::Result<()> {
+    let wanted = node::workload_lines(SECRET_KEY, value);
+    let found = std::sync::Mutex::new(None);
+    wait_for(Duration::from_secs(120), "a pod that reads the value", operator, || async {
+        let list = pods.list(&ListParams::default().labels("app=app")).await?;
+        for pod in list.items.iter().filter(|p| node::pod_ready(p)) {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let log = pods.logs(&name, &Default::default()).await.unwrap_or_default();
+            if wanted.iter().all(|w| log.lines().any(|l| l == w)) {
+                *found.lock().map_err(|_| anyhow!("lock"))? = Some((name, log));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    })
+    .await?;
+    let (name, log) = found.into_inner().map_err(|_| anyhow!("lock"))?.unwrap_or_default();
+    say(format!("kubectl -n {NAMESPACE} logs {name}:"));
+    for line in log.lines() {
+        say(format!("  {line}"));
+    }
+    Ok(())
 }
 
 /// An answer to a create call, where "it exists already" is fine.
