@@ -31,8 +31,8 @@ test: tools
 ## the CPU figures are the operator's own; prints the table of measured results (docs/reliability.md)
 chaos: tools
 	@rm -f "$(CARGO_TARGET_DIR)/chaos-report.md"
-	VAULTSYNC_CHAOS_REPORT="$(CARGO_TARGET_DIR)/chaos-report.md" $(CARGO) test --locked -p vaultsync-operator \
-		--test chaos --test chaos_apiserver -- --include-ignored --test-threads 1
+	VAULTSYNC_CHAOS_REPORT="$(CARGO_TARGET_DIR)/chaos-report.md" $(CARGO) test --locked --no-fail-fast \
+		-p vaultsync-operator --test chaos --test chaos_apiserver -- --include-ignored --test-threads 1
 	@cat "$(CARGO_TARGET_DIR)/chaos-report.md"
 
 ## fuzz: the property tests of every parser that takes outside input, with many more cases than CI runs
