@@ -360,3 +360,30 @@ async fn the_bad_input_corpus_gets_its_outcomes() {
     env.remember_values(&["corpus-good-value", "corpus-app-one", "corpus-app-two", "corpus-collides"]);
     env.finish().await;
 }
+
+/// Found by the corpus: a spec change whose write the apiserver refuses (a Secret type whose required keys the data
+/// lacks) was reported `SecretWriteFailed` once, and then `Synced` by the next attempt, which found the data
+/// unchanged and wrote nothing, so the spec was never applied and nobody was told. Every later attempt must try the
+/// write again and keep saying why it fails.
+#[tokio::test]
+async fn a_refused_spec_change_is_never_reported_synced() {
+    let env = Env::start("corpus-spec").await;
+    env.vault.set_secret("good", "corpus-spec-value");
+    env.apply_vault_secret("typed", support::one_key("value", "good")).await;
+    env.wait_secret_value("typed", "value", "corpus-spec-value").await;
+    env.wait_reason("typed", "Synced").await;
+    let mut spec = support::one_key("value", "good");
+    spec["target"] = json!({ "type": "kubernetes.io/tls" });
+    env.apply_vault_secret("typed", spec).await;
+    // The positive signals: the write was refused, and the operator tried again (the restored Secret wakes it at
+    // once) and was refused again.
+    env.wait_metric_at_least(r#"vaultsync_syncs_total{result="error_SecretWriteFailed"}"#, 1).await;
+    env.wait_metric_at_least(r#"vaultsync_syncs_total{result="error_SecretWriteFailed"}"#, 2).await;
+    let vs = env.ns.api::<VaultSecret>().get("typed").await.expect("the VaultSecret");
+    let ready = vs.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert_eq!(ready.reason, "SecretWriteFailed", "{}", ready.message);
+    let secret = env.secret("typed").await.expect("the Secret is still there");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"), "the old Secret, put back");
+    assert_eq!(secret.data.expect("data")["value"].0, b"corpus-spec-value");
+    env.finish().await;
+}
