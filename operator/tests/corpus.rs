@@ -374,16 +374,16 @@ async fn a_refused_spec_change_is_never_reported_synced() {
     env.wait_reason("typed", "Synced").await;
     let mut spec = support::one_key("value", "good");
     spec["target"] = json!({ "type": "kubernetes.io/tls" });
+    spec["refreshInterval"] = json!("10s"); // a failure is retried within 10 s
     env.apply_vault_secret("typed", spec).await;
-    // The positive signals: the write was refused, and the operator tried again (the restored Secret wakes it at
-    // once) and was refused again.
+    // The positive signals: the write was refused, and the operator tried again and was refused again.
     env.wait_metric_at_least(r#"vaultsync_syncs_total{result="error_SecretWriteFailed"}"#, 1).await;
     env.wait_metric_at_least(r#"vaultsync_syncs_total{result="error_SecretWriteFailed"}"#, 2).await;
     let vs = env.ns.api::<VaultSecret>().get("typed").await.expect("the VaultSecret");
     let ready = vs.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
     assert_eq!(ready.reason, "SecretWriteFailed", "{}", ready.message);
     let secret = env.secret("typed").await.expect("the Secret is still there");
-    assert_eq!(secret.type_.as_deref(), Some("Opaque"), "the old Secret, put back");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"), "the old Secret, never deleted");
     assert_eq!(secret.data.expect("data")["value"].0, b"corpus-spec-value");
     env.finish().await;
 }
