@@ -66,6 +66,8 @@ async fn vault_answers(status: u16, retry_after: Option<u64>, reason: &str, coun
     };
     let mut row = window.close(&mut lab, &case, reasons).await;
     row.calls_bound = calls_bound(count, row.fault, lab.refresh);
+    // A Retry-After longer than the client waits is honoured by the VaultSecret too: it may add that much.
+    row.vault_asked = Duration::from_secs(retry_after.unwrap_or(0));
     row.report();
     assert_row(&row);
     lab.finish().await;
@@ -119,20 +121,22 @@ async fn vault_resets_connections_mid_answer() {
 
 /// Every answer takes longer than the operator waits (`--reconcile-timeout 15s`; the HTTP client's own timeout is
 /// 30 s): reconciles are abandoned as `Timeout` and no slot stays stuck.
-async fn vault_slow(count: usize, hold: Duration, reconcile_timeout: &str) {
+async fn vault_slow(count: usize, hold: Duration, reconcile_timeout: Duration) {
     let mut lab = Lab::start("chaos-slow", Options::default()).await;
-    lab.start_operator("operator", false, &["--reconcile-timeout", reconcile_timeout]).await;
+    let timeout_flag = format!("{}s", reconcile_timeout.as_secs());
+    lab.start_operator("operator", false, &["--reconcile-timeout", &timeout_flag]).await;
     lab.sync_all(count, count.min(10)).await;
     let window = Window::open(&mut lab).await;
     let slow = Toxic::Latency { latency: Duration::from_secs(35), jitter: Duration::ZERO };
     lab.vault_proxy.add("slow", Stream::Downstream, slow).await.expect("toxic");
-    let reasons = lab.wait_reasons(&["Timeout", "BackendUnavailable"], 8 * REFRESH).await;
+    // A reconcile is abandoned after the timeout (or its 4 attempts time out after 30 s each): then it says so.
+    let reasons = lab.wait_reasons(&["Timeout", "BackendUnavailable"], reconcile_timeout + 4 * REFRESH).await;
     window.hold(hold).await;
     lab.vault_proxy.remove("slow").await.expect("toxic removed");
     let mut row = window
         .close(
             &mut lab,
-            &format!("vault slower than the client waits (35 s, reconcile timeout {reconcile_timeout})"),
+            &format!("vault slower than the client waits (35 s, reconcile timeout {timeout_flag})"),
             reasons,
         )
         .await;
@@ -144,13 +148,13 @@ async fn vault_slow(count: usize, hold: Duration, reconcile_timeout: &str) {
 
 #[tokio::test]
 async fn vault_slower_than_the_client_timeout() {
-    vault_slow(SHORT, 3 * REFRESH, "15s").await;
+    vault_slow(SHORT, 3 * REFRESH, Duration::from_secs(15)).await;
 }
 
 #[tokio::test]
 #[ignore = "long variant: make chaos"]
 async fn long_vault_slow() {
-    vault_slow(LONG, 15 * REFRESH, "2m").await;
+    vault_slow(LONG, 15 * REFRESH, Duration::from_secs(120)).await;
 }
 
 /// OpenBao refuses connections for longer than a refresh interval.
@@ -266,6 +270,7 @@ async fn killed_while_creating(count: usize, refresh: Duration) {
         cpu_percent: 100.0 * cpu.as_secs_f64() / recovery.as_secs_f64(),
         recovery,
         refresh,
+        vault_asked: Duration::ZERO,
         states,
         violations: violations.len(),
     };
