@@ -539,8 +539,12 @@ impl Lab {
     /// Waits until every VaultSecret's Ready condition is False with one of `reasons` (the fault is named where
     /// users look); returns the reasons seen.
     pub async fn wait_reasons(&self, reasons: &[&str], timeout: Duration) -> String {
+        self.wait_reasons_of(reasons, self.secrets.len(), timeout).await
+    }
+
+    /// Like [`Lab::wait_reasons`], until at least `count` VaultSecrets report the fault.
+    pub async fn wait_reasons_of(&self, reasons: &[&str], count: usize, timeout: Duration) -> String {
         let api = self.ns.api::<VaultSecret>();
-        let count = self.secrets.len();
         let reasons: Vec<String> = reasons.iter().map(|r| format!("False:{r}")).collect();
         eventually(timeout, &format!("every VaultSecret to report {reasons:?}"), || {
             let (api, reasons) = (api.clone(), reasons.clone());
@@ -549,7 +553,7 @@ impl Lab {
                 let seen: BTreeSet<String> = list.items.iter().filter_map(ready_reason).collect();
                 let named =
                     list.items.iter().filter(|vs| ready_reason(vs).is_some_and(|r| reasons.contains(&r))).count();
-                (named == count).then(|| {
+                (named >= count).then(|| {
                     seen.iter().map(|r| r.trim_start_matches("False:").to_string()).collect::<Vec<_>>().join(", ")
                 })
             }
