@@ -6,7 +6,7 @@ export VAULTSYNC_CACHE
 export CARGO_TARGET_DIR ?= $(VAULTSYNC_CACHE)/target
 CARGO ?= cargo
 
-.PHONY: all tools test crds lint demo bench bench-rollout bench-csi clean-cache
+.PHONY: all tools test chaos fuzz crds lint demo bench bench-rollout bench-csi clean-cache
 
 all: test
 
@@ -19,11 +19,28 @@ tools:
 	@scripts/build-csi-tools.sh
 	@scripts/install-emulators.sh
 	@scripts/install-azure-sdk.sh
+	@scripts/build-toxiproxy.sh
 
 ## test: build what is needed and run every test against the real components (VAULTSYNC_SKIP_NODE_TESTS=1 skips
-## the tests that run pods on the node, and building the node)
+## the tests that run pods on the node, and building the node); then the leak-scan report
 test: tools
+	@rm -f "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
 	$(CARGO) test --workspace --locked
+	@scripts/leak-report.sh "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
+
+## chaos: the fault suite with its long variants (1000 VaultSecrets, minutes-long faults), one case at a time so
+## the CPU figures are the operator's own; prints the table of measured results (docs/reliability.md)
+chaos: tools
+	@rm -f "$(CARGO_TARGET_DIR)/chaos-report.md"
+	VAULTSYNC_CHAOS_REPORT="$(CARGO_TARGET_DIR)/chaos-report.md" $(CARGO) test --locked --no-fail-fast \
+		-p vaultsync-operator --test chaos --test chaos_apiserver -- --include-ignored --test-threads 1
+	@cat "$(CARGO_TARGET_DIR)/chaos-report.md"
+
+## fuzz: the property tests of every parser that takes outside input, with many more cases than CI runs
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p vaultsync-backend -p vaultsync-operator --lib -- properties
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked -p vaultsync-backend --test responses
 
 ## crds: regenerate crds/ from the Rust types in api/
 crds:

@@ -12,6 +12,8 @@ use crate::condition::Condition;
 pub const DURATION_PATTERN: &str = r"^(0|([0-9]+(ns|us|ms|s|m|h))+)$";
 /// What Kubernetes accepts as a Secret key.
 pub const SECRET_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+/// A Kubernetes object name (DNS subdomain): what a Secret, ServiceAccount or store reference may name.
+pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
 
 /// Keeps a Kubernetes Secret in sync with objects in a vault.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -82,7 +84,7 @@ fn default_debounce() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutTarget {
     pub kind: WorkloadKind,
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
     pub name: String,
 }
 
@@ -99,7 +101,7 @@ pub enum WorkloadKind {
 pub struct StoreRef {
     #[serde(default)]
     pub kind: StoreKind,
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
     pub name: String,
 }
 
@@ -311,7 +313,7 @@ pub enum Decoding {
 pub struct Target {
     /// The Secret's name; the VaultSecret's name when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(min = 1, max = 253))]
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
     pub name: Option<String>,
     /// The Secret's type (`Opaque` when empty).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]

@@ -84,7 +84,7 @@ pub struct AzureKeyVaultProvider {
     pub cloud: AzureCloud,
     /// The Entra authority host, for `cloud: Custom` only (https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^https://[^?#]+$"))]
+    #[schemars(regex(pattern = r"^https://[^/?#@]+(/[^?#]*)?$"), length(max = 2048))]
     pub authority_host: Option<String>,
     /// The Key Vault REST api-version.
     #[serde(default = "default_api_version")]
@@ -146,7 +146,7 @@ fn default_audience() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceAccountRef {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = crate::secret::OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
     pub name: String,
     /// Required in a ClusterVaultStore; a VaultStore always uses its own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,7 +296,7 @@ fn default_approle_mount_path() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(pattern = crate::secret::OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
     pub name: String,
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"), length(max = 253))]
     pub key: String,

@@ -146,6 +146,9 @@ impl AzureEndpoint {
     }
 }
 
+/// The most pages of 25 a list follows (25,000 secrets; a Key Vault holds far fewer in practice).
+const MAX_LIST_PAGES: usize = 1000;
+
 /// Parses `Bearer authorization="https://login.microsoftonline.com/<tenant>", resource="https://vault.azure.net"`
 /// (or `authorization_uri=`, `scope=`) into the scope and tenant to ask a token for. The resource must be the vault's
 /// own domain (`vault_host` ends with it), as Microsoft's SDKs check.
@@ -306,6 +309,7 @@ impl AzureKeyVault {
         let mut url = format!("{}/secrets", self.endpoint.vault_url);
         let mut query: &[(&str, &str)] = &[("maxresults", "25")];
         let mut pages = 0;
+        let mut followed = std::collections::HashSet::new();
         loop {
             if pages == max_pages {
                 return Ok(None);
@@ -340,6 +344,16 @@ impl AzureKeyVault {
                         return Err(Error::Protocol {
                             message: "the secrets list links its next page to another origin; refusing to follow"
                                 .into(),
+                        });
+                    }
+                    // A link back to a page already given, or more pages than any vault holds, would loop until the
+                    // reconcile timeout, growing the list all along.
+                    if followed.len() >= MAX_LIST_PAGES || !followed.insert(next.clone()) {
+                        return Err(Error::Protocol {
+                            message: format!(
+                                "the secrets list does not end (a page links back, or more than {MAX_LIST_PAGES} \
+                                 pages); refusing to follow"
+                            ),
                         });
                     }
                     url = next;
@@ -471,6 +485,62 @@ mod tests {
         ] {
             let error = parse_challenge(header, host).expect_err(header);
             assert!(matches!(error, Error::Unauthenticated { .. }), "{header}: {error:?}");
+        }
+    }
+
+    // Property tests (cases: PROPTEST_CASES, raised by `make fuzz`): whatever a vault answers in its challenge, the
+    // parser does not panic, and a token is only ever asked for the vault's own domain.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Challenge-like headers: a scheme, then `key=value` pairs with hostile keys, values, quotes and commas.
+        fn challenge() -> impl Strategy<Value = String> {
+            let key = prop_oneof![
+                Just("authorization".to_string()),
+                Just("authorization_uri".to_string()),
+                Just("resource".to_string()),
+                Just("scope".to_string()),
+                "[A-Za-z_ ]{0,12}",
+            ];
+            let value = prop_oneof![
+                Just("https://vault.azure.net".to_string()),
+                Just("https://login.microsoftonline.com/tenant".to_string()),
+                "https://[a-z.]{0,20}(:[0-9]{1,6})?(/[a-z.%/]{0,12})?",
+                "[a-z]{1,8}://[^,\"]{0,30}",
+                ".{0,40}",
+            ];
+            let scheme = prop_oneof![Just("Bearer "), Just("bearer "), Just("Basic "), Just("")];
+            (scheme, proptest::collection::vec((key, value, any::<bool>()), 0..6)).prop_map(|(scheme, pairs)| {
+                let pairs: Vec<String> = pairs
+                    .into_iter()
+                    .map(|(k, v, quoted)| if quoted { format!("{k}=\"{v}\"") } else { format!("{k}={v}") })
+                    .collect();
+                format!("{scheme}{}", pairs.join(", "))
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn a_token_is_only_asked_for_the_vaults_domain(header in challenge(), host in "[A-Za-z0-9.-]{0,30}") {
+                if let Ok(scope) = parse_challenge(&header, &host) {
+                    let resource = scope.scope.strip_suffix("/.default").unwrap_or(&scope.scope);
+                    let resource_host = Url::parse(resource).expect("an accepted resource is a URL");
+                    let resource_host = resource_host.host_str().expect("with a host").to_ascii_lowercase();
+                    let host = host.to_ascii_lowercase();
+                    let within = host == resource_host || host.ends_with(&format!(".{resource_host}"));
+                    prop_assert!(within, "{} accepted for {}", resource, host);
+                    if let Some(tenant) = scope.tenant {
+                        prop_assert!(!tenant.is_empty() && !tenant.contains('/'));
+                    }
+                }
+            }
+
+            #[test]
+            fn any_header_is_answered(header in ".{0,200}", host in ".{0,40}") {
+                let _ = parse_challenge(&header, &host);
+            }
         }
     }
 

@@ -29,6 +29,10 @@ use crate::{
 
 /// Tokens are renewed this long before they expire.
 const RENEW_BEFORE: Duration = Duration::from_secs(300);
+/// When a renewal fails for a passing reason (Entra unreachable, throttling) the token held is used while it has at
+/// least this long to live, and the renewal is tried again after [`RENEW_RETRY`] at the earliest.
+const STILL_VALID: Duration = Duration::from_secs(10);
+const RENEW_RETRY: Duration = Duration::from_secs(10);
 
 /// What a token is asked for: the scope (`<resource>/.default`) and, when the vault's challenge named one, the tenant
 /// the vault belongs to.
@@ -272,12 +276,41 @@ impl TokenSource for EntraToken {
             if let Some(token) = fresh() {
                 return Ok(token);
             }
-            // One fetch at a time: whoever waited here finds the token the previous holder got.
-            let _fetching = self.fetching.lock().await;
+            let still_valid = || {
+                let held = self.cached.lock().expect("token lock").get(&scope.scope).cloned();
+                held.filter(|(token, _)| token.expires_at > Instant::now() + STILL_VALID).map(|(token, _)| token)
+            };
+            // One fetch at a time: whoever waited here finds the token the previous holder got. While a renewal is
+            // under way, the token held is used if it is still good, rather than waiting for Entra.
+            let _fetching = match self.fetching.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => match still_valid() {
+                    Some(token) => return Ok(token),
+                    None => self.fetching.lock().await,
+                },
+            };
             if let Some(token) = fresh() {
                 return Ok(token);
             }
-            let token = self.fetch(scope).await?;
+            let token = match self.fetch(scope).await {
+                Ok(token) => token,
+                Err(e @ (Error::Unavailable { .. } | Error::Throttled { .. })) => {
+                    // Entra is down or throttling while the token held is still good: go on with it, as Microsoft's
+                    // SDKs do, and try to renew again a little later instead of failing every read now.
+                    match still_valid() {
+                        Some(token) => {
+                            let retry_at = (Instant::now() + RENEW_RETRY).min(token.expires_at - STILL_VALID);
+                            self.cached
+                                .lock()
+                                .expect("token lock")
+                                .insert(scope.scope.clone(), (token.clone(), retry_at));
+                            return Ok(token);
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             // Renew 5 minutes before expiry, or at half-life for short-lived tokens.
             let lifetime = token.expires_at.saturating_duration_since(Instant::now());
             let renew_at = token.expires_at - RENEW_BEFORE.min(lifetime / 2);

@@ -39,6 +39,7 @@ const nodeControllers = ",node-lifecycle-controller,pod-garbage-collector-contro
 
 type component struct {
 	name    string
+	args    []string
 	cmd     *exec.Cmd
 	logPath string
 	exited  chan error
@@ -47,6 +48,9 @@ type component struct {
 type plane struct {
 	dir        string
 	components []*component
+	// The apiserver's URL and an admin client of it, for readiness checks after a restart.
+	server string
+	admin  *http.Client
 	// Set with --node.
 	node *node
 }
@@ -115,12 +119,21 @@ func up(args []string) int {
 		fmt.Printf("READY kubeconfig=%s\n", kubeconfig)
 	}
 
+	restarts := restartRequests()
 	exitCode := 0
-	select {
-	case <-stop:
-	case c := <-p.anyExited():
-		fmt.Fprintf(os.Stderr, "error: %s exited unexpectedly\n%s", c.name, tail(c.logPath, 30))
-		exitCode = 1
+	for running := true; running; {
+		select {
+		case <-stop:
+			running = false
+		case <-restarts:
+			if err := p.restartAPIServer(*timeout, stop); err != nil {
+				fmt.Fprintln(os.Stderr, "error:", err)
+				exitCode, running = 1, false
+			}
+		case c := <-p.anyExited():
+			fmt.Fprintf(os.Stderr, "error: %s exited unexpectedly\n%s", c.name, tail(c.logPath, 30))
+			exitCode, running = 1, false
+		}
 	}
 	p.stopAll()
 	return exitCode
@@ -196,6 +209,7 @@ func (p *plane) start(apiPort, etcdPort int, nc nodeConfig, timeout time.Duratio
 	if err != nil {
 		return "", err
 	}
+	p.server, p.admin = server, admin
 	if err := waitFor(apiserver, deadline, stop, func() bool { return get(admin, server+"/readyz") == 200 }); err != nil {
 		return "", err
 	}
@@ -258,7 +272,7 @@ func (p *plane) spawnProgram(name, program string, args ...string) (*component, 
 		logFile.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	c := &component{name: name, cmd: cmd, logPath: logPath, exited: make(chan error, 1)}
+	c := &component{name: name, args: args, cmd: cmd, logPath: logPath, exited: make(chan error, 1)}
 	go func() {
 		c.exited <- cmd.Wait()
 		logFile.Close()

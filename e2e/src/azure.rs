@@ -28,6 +28,11 @@ pub struct AzureVault {
 impl AzureVault {
     /// Creates `READER_SA` in the namespace and starts the Entra and Key Vault test servers.
     pub async fn start(ns: &TestNamespace) -> Self {
+        Self::start_with(ns, None).await
+    }
+
+    /// Like [`AzureVault::start`], Entra's tokens living `token_lifetime` (by default Entra's hour).
+    pub async fn start_with(ns: &TestNamespace, token_lifetime: Option<std::time::Duration>) -> Self {
         let sa = ServiceAccount {
             metadata: ObjectMeta { name: Some(READER_SA.into()), ..Default::default() },
             ..Default::default()
@@ -47,12 +52,11 @@ impl AzureVault {
             .start()
             .await
             .expect("vault");
-        let entra = EntraServer::builder(Some(ns.client.clone()))
-            .federation(federation)
-            .resource(vault.challenge_resource())
-            .start()
-            .await
-            .expect("entra");
+        let mut entra = EntraServer::builder(Some(ns.client.clone())).federation(federation);
+        if let Some(lifetime) = token_lifetime {
+            entra = entra.token_lifetime(lifetime);
+        }
+        let entra = entra.resource(vault.challenge_resource()).start().await.expect("entra");
         vault.require_bearer(Some(access_token));
         Self { vault, entra }
     }

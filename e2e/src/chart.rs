@@ -154,6 +154,12 @@ pub async fn operator_client(ns: &TestNamespace, extra: &[&str]) -> Client {
 
 /// Like [`operator_client`], the client configuration (to point it elsewhere, e.g. through a proxy).
 pub async fn operator_config(ns: &TestNamespace, extra: &[&str]) -> kube::Config {
+    let token = operator_token(ns, extra).await;
+    ControlPlane::shared().config_with_token(&token).await
+}
+
+/// Like [`operator_client`], the operator's service-account token (for an operator run as its own process).
+pub async fn operator_token(ns: &TestNamespace, extra: &[&str]) -> String {
     let tools = HelmTools::new();
     let mut args = vec![
         "--show-only",
@@ -169,8 +175,7 @@ pub async fn operator_config(ns: &TestNamespace, extra: &[&str]) -> kube::Config
     assert_success(&out, "applying the chart's RBAC");
     let accounts: Api<ServiceAccount> = ns.api();
     // Two hours outlive any test; the operator's client does not renew it.
-    let token = service_account_token_for(&accounts, OPERATOR_SERVICE_ACCOUNT, 7200).await;
-    ControlPlane::shared().config_with_token(&token).await
+    service_account_token_for(&accounts, OPERATOR_SERVICE_ACCOUNT, 7200).await
 }
 
 async fn service_account_token_for(accounts: &Api<ServiceAccount>, name: &str, seconds: i64) -> String {

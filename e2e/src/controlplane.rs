@@ -26,6 +26,7 @@ pub struct ControlPlane {
     config: Kubeconfig,
     pub(crate) node: Option<crate::node::Node>,
     _child: Child,
+    pid: u32,
     // Held, never written: when the test binary exits, `up` sees end of input and stops.
     _stdin: ChildStdin,
 }
@@ -93,7 +94,34 @@ impl ControlPlane {
         };
         let kubeconfig = PathBuf::from(path);
         let config = Kubeconfig::read_from(&kubeconfig)?;
-        Ok(Self { kubeconfig, config, node, _child: child, _stdin: stdin })
+        let pid = child.id();
+        Ok(Self { kubeconfig, config, node, _child: child, pid, _stdin: stdin })
+    }
+
+    /// Restarts the apiserver alone (etcd and its data kept; `controlplane up` does it on SIGUSR1) and waits until
+    /// it went away and is ready again. Every test of this binary shares it: only a binary of its own may do this.
+    pub async fn restart_apiserver(&self) -> anyhow::Result<()> {
+        let client = self.client().await;
+        let ready = || {
+            let client = client.clone();
+            async move {
+                let request = axum::http::Request::get("/readyz").body(Vec::new()).expect("a request");
+                client.request_text(request).await.is_ok_and(|body| body.trim() == "ok")
+            }
+        };
+        anyhow::ensure!(ready().await, "the apiserver is not ready before the restart");
+        let status = Command::new("kill").args(["-USR1", &self.pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "signalling the control plane");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while ready().await {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the apiserver did not stop");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while !ready().await {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the apiserver did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// The admin kubeconfig file.

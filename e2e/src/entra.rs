@@ -113,9 +113,16 @@ pub struct EntraBuilder {
     secrets: Vec<ClientSecret>,
     identities: Vec<ManagedIdentity>,
     resources: BTreeSet<String>,
+    token_lifetime_secs: u64,
 }
 
 impl EntraBuilder {
+    /// Tokens of the token endpoint last this long (default 3599 s, as Entra's do), so a test can see one expire.
+    pub fn token_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.token_lifetime_secs = lifetime.as_secs().max(1);
+        self
+    }
+
     pub fn federation(mut self, federation: Federation) -> Self {
         self.federations.push(federation);
         self
@@ -157,6 +164,7 @@ impl EntraBuilder {
             state: Mutex::new(Mutable { resources: self.resources, ..Mutable::default() }),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            token_lifetime_secs: self.token_lifetime_secs,
         });
         let app = Router::new()
             .route("/{tenant}/v2.0/.well-known/openid-configuration", get(openid_configuration))
@@ -194,6 +202,7 @@ struct Shared {
     state: Mutex<Mutable>,
     issued: AtomicU64,
     refused: AtomicU64,
+    token_lifetime_secs: u64,
 }
 
 impl Shared {
@@ -257,6 +266,7 @@ impl EntraServer {
             secrets: Vec::new(),
             identities: Vec::new(),
             resources: BTreeSet::new(),
+            token_lifetime_secs: TOKEN_LIFETIME_SECS,
         }
     }
 
@@ -369,8 +379,8 @@ async fn token(
             shared.issued.fetch_add(1, Ordering::Relaxed);
             return Json(json!({
                 "token_type": "Bearer",
-                "expires_in": TOKEN_LIFETIME_SECS,
-                "ext_expires_in": TOKEN_LIFETIME_SECS,
+                "expires_in": shared.token_lifetime_secs,
+                "ext_expires_in": shared.token_lifetime_secs,
                 "access_token": access_token,
             }))
             .into_response();

@@ -17,5 +17,6 @@ pub mod node;
 pub mod openbao;
 pub mod process;
 pub mod tls;
+pub mod toxiproxy;
 
 pub use controlplane::{ControlPlane, TestNamespace, eventually, install_crds, service_account_token};

@@ -70,6 +70,20 @@ impl Supervised {
         Ok(Self { name: name.to_string(), log, child, _stdin: stdin })
     }
 
+    /// The process id of the supervised program itself (the supervisor's only child), while it runs. Linux lists
+    /// children per thread of the parent, and the supervisor may have started it from any of its threads.
+    pub fn program_pid(&self) -> Option<u32> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()?;
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+            .find_map(|children| children.split_whitespace().next()?.parse().ok())
+    }
+
+    /// Whether the supervisor (and so the program) has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Polls `ready` until it holds; fails with the log tail if the process exits or time runs out.
     pub fn wait_ready(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;

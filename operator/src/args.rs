@@ -188,6 +188,51 @@ mod tests {
         Args::command().debug_assert();
     }
 
+    // Property tests (cases: PROPTEST_CASES, raised by `make fuzz`): durations come from tenants' specs.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::vaultsecret::plan::{Interval, MAX_REFRESH, MIN_REFRESH, refresh_interval};
+
+        fn unit() -> impl Strategy<Value = (&'static str, u128)> {
+            prop_oneof![
+                Just(("ns", 1)),
+                Just(("us", 1_000)),
+                Just(("ms", 1_000_000)),
+                Just(("s", 1_000_000_000)),
+                Just(("m", 60_000_000_000)),
+                Just(("h", 3_600_000_000_000)),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_answered(text in ".{0,64}") {
+                let _ = parse_duration(&text);
+                if let Ok(Interval::Every(every)) = refresh_interval(&text) {
+                    prop_assert!((MIN_REFRESH..=MAX_REFRESH).contains(&every));
+                }
+            }
+
+            #[test]
+            fn huge_numbers_are_refused_not_wrapped(digits in "[0-9]{15,40}", (suffix, _) in unit()) {
+                let text = format!("{digits}{suffix}");
+                if let Ok(duration) = parse_duration(&text) {
+                    let nanos = digits.parse::<u128>().unwrap_or(u128::MAX);
+                    prop_assert!(duration.as_nanos() <= nanos.saturating_mul(3_600_000_000_000));
+                }
+            }
+
+            #[test]
+            fn well_formed_durations_add_up(parts in proptest::collection::vec((0u64..100_000, unit()), 1..5)) {
+                let text: String = parts.iter().map(|(n, (suffix, _))| format!("{n}{suffix}")).collect();
+                let nanos: u128 = parts.iter().map(|(n, (_, scale))| u128::from(*n) * scale).sum();
+                prop_assert_eq!(parse_duration(&text).map(|d| d.as_nanos()), Ok(nanos));
+            }
+        }
+    }
+
     #[test]
     fn durations_parse_like_the_crd_pattern_allows() {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));

@@ -622,6 +622,85 @@ mod tests {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
+    // Property tests (cases: PROPTEST_CASES, raised by `make fuzz`): whatever a delivery holds, the endpoint answers
+    // with one of its documented statuses, and asks to refresh only well-formed (vault, object) pairs.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                ".{0,30}".prop_map(Value::from),
+                Just(json!({})),
+                Just(json!([])),
+            ]
+        }
+
+        fn event() -> impl Strategy<Value = Value> {
+            let event_type = prop_oneof![
+                Just("Microsoft.KeyVault.SecretNewVersionCreated".to_string()),
+                Just("Microsoft.KeyVault.CertificateNewVersionCreated".to_string()),
+                Just("Microsoft.KeyVault.SecretNearExpiry".to_string()),
+                Just("Microsoft.EventGrid.SubscriptionValidationEvent".to_string()),
+                ".{0,30}",
+            ];
+            let id = prop_oneof![
+                "https://[a-z0-9.-]{0,20}(:[0-9]{1,6})?/secrets/[A-Za-z0-9-]{0,20}/[a-f0-9]{0,32}",
+                "[a-z]{0,6}://[^ ]{0,40}",
+                ".{0,40}",
+            ];
+            (event_type, id, "[A-Za-z0-9-]{0,130}|.{0,20}", scalar(), any::<bool>()).prop_map(
+                |(event_type, id, name, extra, cloud)| {
+                    let data = json!({ "Id": id, "ObjectName": name, "VaultName": extra, "validationCode": extra });
+                    if cloud {
+                        json!({ "specversion": "1.0", "type": event_type, "source": id, "id": "1", "data": data })
+                    } else {
+                        json!({ "id": "1", "eventType": event_type, "subject": name, "dataVersion": "1",
+                            "eventTime": "2025-01-01T00:00:00Z", "data": data })
+                    }
+                },
+            )
+        }
+
+        fn body() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,200}",
+                proptest::collection::vec(event(), 0..6).prop_map(|events| Value::Array(events).to_string()),
+                event().prop_map(|event| event.to_string()),
+                proptest::collection::vec(scalar(), 0..4).prop_map(|items| Value::Array(items).to_string()),
+            ]
+        }
+
+        fn media_type() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                Just("application/json"),
+                Just("application/cloudevents+json"),
+                Just("application/cloudevents-batch+json"),
+                Just("text/plain"),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_delivery_gets_a_documented_answer(body in body(), media in media_type(), fail in any::<bool>()) {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let refresh = Arc::new(FakeRefresh { readers: 1, fail, ..Default::default() });
+                let state = state(Some(refresh.clone()));
+                let headers = [("x-vaultsync-key", KEY), ("content-type", media)];
+                let (status, _) = runtime.block_on(post(&state, PATH, &headers, &body));
+                prop_assert!([200, 400, 413, 503].contains(&status.as_u16()), "{status} for {body:?}");
+                for (vault, object) in refresh.calls.lock().expect("calls").iter() {
+                    prop_assert!(vault_url(vault).as_deref() == Some(vault.as_str()), "{vault}");
+                    prop_assert!(valid_object_name(object), "{object:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn config_needs_a_key_file_and_a_sound_key() {
         let args = |extra: &[&str]| {

@@ -13,7 +13,10 @@ pub mod rollout;
 pub mod store_status;
 pub mod vaultsecret;
 
-use std::sync::{Arc, atomic::AtomicBool};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
@@ -29,8 +32,25 @@ pub use args::Args;
 
 /// Runs the operator until SIGTERM/Ctrl-C, or until leadership is lost.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
-    run_with_client(client, args).await
+    let config = kube::Config::infer().await.context("finding the Kubernetes API")?;
+    run_with_client(client(config)?, args).await
+}
+
+/// A client for `config` whose retries of 429, 503 and 504 are bounded: three, 0.5 s to 5 s apart (the apiserver's
+/// `Retry-After` honoured). kube's own default retries fifteen times with waits growing to 1000 s, so an apiserver
+/// that throttles the operator for a while would hold reconciles for minutes without a word in any condition, and
+/// keep them waiting long after it recovered.
+pub fn client(mut config: kube::Config) -> anyhow::Result<Client> {
+    use kube::client::{ClientBuilder, retry::RetryPolicy};
+    config.default_retry = false;
+    let policy = RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(5), 3, true)
+        .context("the apiserver retry policy")?;
+    let builder = ClientBuilder::try_from(config).context("a Kubernetes client")?;
+    // The retry layer clones the service it wraps; a buffer makes the boxed stack cloneable.
+    Ok(builder
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(policy))
+        .build())
 }
 
 /// Like `run`, with a given client (tests run the operator in process).

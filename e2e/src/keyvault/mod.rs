@@ -487,6 +487,11 @@ impl KeyVaultServer {
         vault.faults.extend((0..n).map(|_| Fault { status, retry_after_secs }));
     }
 
+    /// Drops the faults still queued by [`KeyVaultServer::fail_next`] (a fault that lasted "for a while" ends).
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
     /// Denies reads of `secret_name` as Azure RBAC does when no role assignment covers it.
     pub fn forbid(&self, secret_name: &str) {
         self.shared.lock().forbidden.insert(secret_name.to_ascii_lowercase());

@@ -164,6 +164,17 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     }
 }
 
+/// How long a VaultSecret waits after a failure whose own backoff is `backoff`: never longer than its refresh
+/// interval, so it is back within one interval of the fault's end (and a failing VaultSecret never asks the vault
+/// more often than a healthy one reads it), unless the vault itself asked for the wait (`Retry-After`), which is
+/// honoured.
+pub fn retry_after_failure(backoff: Duration, interval: Interval, vault_asked: bool) -> Duration {
+    match interval {
+        Interval::Every(every) if !vault_asked => backoff.min(every),
+        _ => backoff,
+    }
+}
+
 /// A slot offset within `interval` from a key (what a VaultSecret reads): stable across restarts, spread evenly.
 pub fn phase(uid: &str, interval: Duration) -> Duration {
     // FNV-1a: a stable hash (std's default hasher is seeded per process).
@@ -360,6 +371,22 @@ mod tests {
             buckets[(p.as_secs() / 10) as usize] += 1;
         }
         assert!(buckets.iter().all(|b| (800..1200).contains(b)), "ten buckets of about 1000: {buckets:?}");
+    }
+
+    #[test]
+    fn failures_are_retried_within_the_refresh_interval() {
+        let s = Duration::from_secs;
+        let table = [
+            // backoff, interval, the vault asked, wait
+            (s(30), Interval::Every(s(10)), false, s(10)),
+            (s(30), Interval::Every(s(3600)), false, s(30)),
+            (s(300), Interval::Every(s(60)), false, s(60)),
+            (s(30), Interval::Every(s(10)), true, s(30)),
+            (s(30), Interval::Once, false, s(30)),
+        ];
+        for (backoff, interval, asked, wait) in table {
+            assert_eq!(retry_after_failure(backoff, interval, asked), wait, "{backoff:?} {interval:?} {asked}");
+        }
     }
 
     #[test]

@@ -23,13 +23,15 @@ use crate::render::RenderError;
 pub(crate) struct NotSynced {
     pub reason: &'static str,
     pub message: String,
-    /// When to try again.
+    /// When to try again (no later than the refresh interval unless `vault_asked`).
     pub retry: Duration,
+    /// The vault asked for the wait (`Retry-After`).
+    pub vault_asked: bool,
 }
 
 impl NotSynced {
     pub fn new(reason: &'static str, message: impl Into<String>, retry: Duration) -> Self {
-        Self { reason, message: message.into(), retry }
+        Self { reason, message: message.into(), retry, vault_asked: false }
     }
 
     /// The spec cannot work as written; retried slowly (a spec change wakes the VaultSecret anyway).
@@ -61,6 +63,7 @@ impl From<StoreError> for NotSynced {
 
 impl From<vaultsync_backend::Error> for NotSynced {
     fn from(e: vaultsync_backend::Error) -> Self {
+        let vault_asked = matches!(e, vaultsync_backend::Error::Throttled { retry_after: Some(_) });
         let retry = match &e {
             vaultsync_backend::Error::Throttled { retry_after } => retry_after.unwrap_or(Duration::from_secs(30)),
             vaultsync_backend::Error::NotFound { .. }
@@ -72,7 +75,7 @@ impl From<vaultsync_backend::Error> for NotSynced {
             vaultsync_backend::Error::Disabled { .. } => format!("{e}; the Secret keeps its last values"),
             _ => e.to_string(),
         };
-        NotSynced::new(e.reason(), message, retry)
+        NotSynced { vault_asked, ..NotSynced::new(e.reason(), message, retry) }
     }
 }
 
@@ -128,7 +131,9 @@ impl Sync<'_> {
             };
             self.patch_status(&status).await?;
         }
-        Ok(Action::requeue(jittered(failure.retry)))
+        let interval =
+            super::plan::refresh_interval(&self.vs.spec.refresh_interval).unwrap_or(super::plan::Interval::Once);
+        Ok(Action::requeue(jittered(super::plan::retry_after_failure(failure.retry, interval, failure.vault_asked))))
     }
 
     pub(super) async fn patch_status(&self, status: &VaultSecretStatus) -> Result<(), Error> {

@@ -125,8 +125,11 @@ impl Sync<'_> {
         let content_changed = comparison == Comparison::Changed;
         let keys: BTreeSet<String> = fetched.data.keys().cloned().collect();
         // A spec change may change the Secret's type, labels or annotations without changing its data: write then too.
+        // So after a failure, which may have been that spec's write: only a Synced status says the Secret is as the
+        // spec wants it.
         let matches = !content_changed
             && read.reason != ReadReason::SpecChanged
+            && plan::is_ready(status)
             && target != Target::Absent
             && self.secret_matches(&hmac, &keys, status.secret_resource_version.as_deref()).await?;
         let mut secret_resource_version = status.secret_resource_version.clone();

@@ -277,6 +277,14 @@ impl Sync<'_> {
         {
             return Err(conflict(format!("Secret {} was not created by vaultsync; it is not replaced", self.target)));
         }
+        // Check the new Secret before deleting the old one: a dry-run create is validated as the real one would be
+        // (a type whose required keys the data lacks, say), and then refused only because the name is taken.
+        let dry_run = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
+        match api.create(&dry_run, &desired).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(NotSynced::apiserver("SecretWriteFailed", &what, &e)),
+        }
         let preconditions = Preconditions { uid: old.uid(), resource_version: old.resource_version() };
         let delete = DeleteParams { preconditions: Some(preconditions), ..Default::default() };
         api.delete(&self.target, &delete).await.map_err(|e| NotSynced::apiserver("SecretWriteFailed", &what, &e))?;

@@ -59,11 +59,22 @@ fn capture_logs() {
     vaultsync_e2e::logs::capture();
 }
 
-/// Fails if any of `values` appears in the captured operator logs.
-pub fn assert_logs_free_of(values: &[&str]) {
+/// Fails if any of `values` appears in the captured operator logs; returns the bytes scanned.
+pub fn assert_logs_free_of(values: &[&str]) -> usize {
     let text = vaultsync_e2e::logs::text();
     assert!(!text.is_empty(), "the operator logged nothing: the scan would prove nothing");
     assert_free_of(&text, "the operator's logs", values);
+    text.len()
+}
+
+/// Appends one test's leak scan to the run's report (`leak-scan.tsv` in Cargo's temporary folder: the test, the
+/// values scanned for, the bytes scanned), which `make test` sums up (scripts/leak-report.sh).
+pub fn record_leak_scan(test: &str, values: usize, bytes: usize) {
+    use std::io::Write as _;
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("leak-scan.tsv");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{test}\t{values}\t{bytes}");
+    }
 }
 
 /// Fails if any of `values` appears in `text`; `what` names where the text came from.
@@ -149,11 +160,12 @@ impl Env {
         let mut values = self.vault.all_values();
         values.extend(self.values.lock().expect("values lock").iter().cloned());
         let values: Vec<&str> = values.iter().map(String::as_str).filter(|v| v.len() >= 4).collect();
-        assert_logs_free_of(&values);
+        let mut scanned = assert_logs_free_of(&values);
         if self.operator.is_some() {
             let (code, metrics) = self.http_get("/metrics").await;
             assert_eq!(code, 200, "the operator serves /metrics");
             assert_free_of(&metrics, "the operator's metrics", &values);
+            scanned += metrics.len();
         }
         let events = self.ns.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await;
         let events = serde_json::to_string(&events.expect("listing Events").items).expect("events as JSON");
@@ -167,6 +179,8 @@ impl Env {
         let stores: Vec<_> = stores.items.into_iter().map(|s| s.status).collect();
         let text = serde_json::to_string(&(statuses, stores)).expect("statuses as JSON");
         assert_free_of(&text, "the status of vaultsync objects", &values);
+        scanned += events.len() + core_events.len() + text.len();
+        record_leak_scan(&self.ns.name, values.len(), scanned);
         self.finished = true;
         self.stop_operator().await;
     }
