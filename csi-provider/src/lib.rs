@@ -196,9 +196,9 @@ pub async fn run_with_reader(
             let router = Server::builder()
                 .add_service(registration_proto::registration_server::RegistrationServer::new(registrar));
             let done = stopped(&stop);
-            servers.spawn(
-                async move { router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), done).await },
-            );
+            // kubelet's plugin watcher sends the socket's path as `:authority`: see registration::fixed_incoming.
+            let incoming = registration::fixed_incoming(listener);
+            servers.spawn(async move { router.serve_with_incoming_shutdown(incoming, done).await });
             sockets.push(registration);
         }
     }

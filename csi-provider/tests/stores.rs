@@ -13,7 +13,7 @@ use support::*;
 use tonic::Code;
 use vaultsync_api::{ClusterVaultStore, VaultSecret, VaultStore};
 use vaultsync_csi::proto::provider::MountRequest;
-use vaultsync_e2e::{TestNamespace, install_crds, keyvault::Op, tls::TestCa};
+use vaultsync_e2e::{TestNamespace, install_crds, keyvault::Op};
 
 fn mount(attributes: &BTreeMap<String, String>) -> MountRequest {
     MountRequest {
@@ -23,17 +23,6 @@ fn mount(attributes: &BTreeMap<String, String>) -> MountRequest {
         permission: "420".into(),
         current_object_version: Vec::new(),
     }
-}
-
-/// An Azure store on the test servers with workload identity. Its `serviceAccountRef` is the
-/// operator's reader; the CSI side uses each pod's own account instead.
-fn azure_store(azure: &Azure, client_id: &str, namespace: &str) -> serde_json::Value {
-    json!({ "azureKeyVault": {
-        "vaultUrl": azure.vault.url(), "tenantId": TENANT, "cloud": "Custom",
-        "authorityHost": azure.entra.authority_host(), "caBundle": TestCa::shared().ca_pem(),
-        "auth": { "workloadIdentity": {
-            "serviceAccountRef": { "name": "operator-reader", "namespace": namespace }, "clientId": client_id } },
-    }})
 }
 
 #[tokio::test]

@@ -294,6 +294,17 @@ impl Azure {
     }
 }
 
+/// An Azure store on the test servers with workload identity. Its `serviceAccountRef` is the
+/// operator's reader; the CSI side uses each pod's own account instead.
+pub fn azure_store(azure: &Azure, client_id: &str, namespace: &str) -> serde_json::Value {
+    json!({ "azureKeyVault": {
+        "vaultUrl": azure.vault.url(), "tenantId": TENANT, "cloud": "Custom",
+        "authorityHost": azure.entra.authority_host(), "caBundle": TestCa::shared().ca_pem(),
+        "auth": { "workloadIdentity": {
+            "serviceAccountRef": { "name": "operator-reader", "namespace": namespace }, "clientId": client_id } },
+    }})
+}
+
 /// A NodePublishVolume request for an inline volume with `context` (pod info and parameters).
 pub fn publish_request(volume: &str, target: &Path, context: BTreeMap<String, String>) -> NodePublishVolumeRequest {
     NodePublishVolumeRequest {
