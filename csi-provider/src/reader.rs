@@ -312,11 +312,8 @@ impl InlineReader {
         for object in distinct {
             let backend = backend_for(object)?;
             reads.push(async move {
-                let reference = ObjectRef {
-                    name: object.name.clone(),
-                    version: object.version.clone(),
-                    kind: vaultsync_backend::ObjectKind::Secret,
-                };
+                let reference =
+                    ObjectRef { name: object.name.clone(), version: object.version.clone(), kind: object.kind };
                 let fetched = self
                     .cache
                     .get(backend.as_ref(), &reference, max_age)

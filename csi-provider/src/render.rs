@@ -8,9 +8,11 @@ use base64::{
 };
 use vaultsync_backend::{FetchedSecret, SecretBytes};
 
+use vaultsync_render::{Decoding, ObjectSpec, certificate::PKCS12_CONTENT_TYPE};
+
 use crate::{
     error::{Error, Result},
-    params::{Encoding, FileSpec, MAX_TOTAL_BYTES},
+    params::{Encoding, FileSpec, Format, MAX_TOTAL_BYTES, Output},
 };
 
 /// One file to write.
@@ -56,6 +58,31 @@ pub fn payload(files: &[FileSpec], fetched: &[FetchedSecret]) -> Result<Payload>
 }
 
 fn file_contents(spec: &FileSpec, secret: &FetchedSecret) -> Result<SecretBytes> {
+    let format = match spec.output {
+        Output::Value => None,
+        // A PKCS#12 certificate secret as PEM; a PEM one (or any other value) as stored, then objectEncoding.
+        Output::AzureSecret => {
+            (secret.content_type.as_deref() == Some(PKCS12_CONTENT_TYPE)).then_some(Format::Pem).map(|f| (f, None))
+        }
+        Output::Render(format) => Some((format, Some(spec.encoding))),
+    };
+    if let Some((format, decoding)) = format {
+        let decoding = match decoding {
+            None | Some(Encoding::Utf8) => Decoding::None,
+            Some(Encoding::Base64) => Decoding::Base64,
+            Some(Encoding::Base64Url) => Decoding::Base64Url,
+            Some(Encoding::Auto) => Decoding::Auto,
+            Some(Encoding::Hex) => {
+                return Err(Error::invalid(spec.place.as_str(), "hex encoding is for values, not certificates"));
+            }
+        };
+        let object =
+            ObjectSpec { object: &spec.object.name, kind: spec.object.kind, format, decoding, ..ObjectSpec::default() };
+        // Messages of the render crate name the object and the problem, never the value.
+        let rendered = vaultsync_render::render_object(secret, &object)
+            .map_err(|e| Error::invalid(spec.place.as_str(), format!("{}: {e}", spec.id)))?;
+        return Ok(rendered.value);
+    }
     let selected = match &spec.field {
         None => secret.value.clone(),
         Some(field) => {
@@ -121,10 +148,11 @@ mod tests {
         FileSpec {
             path: "f".into(),
             mode: 0o644,
-            object: VaultObject { mount: None, name: "o".into(), version: None },
+            object: VaultObject { mount: None, name: "o".into(), version: None, kind: Default::default() },
             id: "secret/o".into(),
             field: field.map(str::to_string),
             encoding,
+            output: Output::Value,
             place: "objects[0]".into(),
         }
     }

@@ -18,7 +18,9 @@ use zeroize::Zeroizing;
 
 use crate::{
     error::{Error, Result},
-    params::{Encoding, FileSpec, MountPlan, PodInfo, PublishSecrets, Source, StoreKind, StoreRef, VaultObject},
+    params::{
+        Encoding, FileSpec, MountPlan, PodInfo, PublishSecrets, Source, StoreKind, StoreRef, VaultObject, store_output,
+    },
     reader::{InlineReader, VaultReader},
 };
 
@@ -51,30 +53,36 @@ impl StoreReader {
                 message: format!("vaultSecret: {what} uses dataFrom, which is not mounted yet; list its keys in data"),
             });
         }
-        let files = vs
-            .spec
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, data)| FileSpec {
+        let mut files = Vec::new();
+        for (i, data) in vs.spec.data.iter().enumerate() {
+            let place = format!("{what} data[{i}]");
+            let remote = &data.remote_ref;
+            if remote.password_secret_ref.is_some() || remote.pfx_password.is_some() {
+                // The plugin reads no Secrets but the volume's nodePublishSecretRef.
+                return Err(Error::Unimplemented {
+                    message: format!(
+                        "{place}: PFX passwords from Secrets or templates are not used for mounts; mount the PEM form"
+                    ),
+                });
+            }
+            let kind = vaultsync_stores::objects::object_kind(remote.object_type);
+            let format = remote.format.map(vaultsync_stores::objects::format);
+            files.push(FileSpec {
                 path: data.secret_key.clone(),
                 mode: 0o644,
-                object: VaultObject {
-                    mount: None,
-                    name: data.remote_ref.name.clone(),
-                    version: data.remote_ref.version.clone(),
-                },
-                id: format!("secret/{}", data.remote_ref.name),
-                field: data.remote_ref.property.clone(),
-                encoding: match data.remote_ref.decoding {
+                object: VaultObject { mount: None, name: remote.name.clone(), version: remote.version.clone(), kind },
+                id: format!("{kind}/{}", remote.name),
+                field: remote.property.clone(),
+                encoding: match remote.decoding {
                     Decoding::None => Encoding::Utf8,
                     Decoding::Base64 => Encoding::Base64,
                     Decoding::Base64URL => Encoding::Base64Url,
                     Decoding::Auto => Encoding::Auto,
                 },
-                place: format!("{what} data[{i}]"),
-            })
-            .collect();
+                output: store_output(kind, format),
+                place,
+            });
+        }
         let kind = match vs.spec.store_ref.kind {
             vaultsync_api::secret::StoreKind::VaultStore => StoreKind::VaultStore,
             vaultsync_api::secret::StoreKind::ClusterVaultStore => StoreKind::ClusterVaultStore,

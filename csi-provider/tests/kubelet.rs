@@ -16,16 +16,15 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use serde_json::json;
 use support::*;
-use vaultsync_api::{VaultSecret, VaultStore};
 use vaultsync_csi::mount::is_mount_point;
 use vaultsync_e2e::{
     ControlPlane, TestNamespace,
     chart::HelmTools,
-    eventually, install_crds,
+    eventually,
     keyvault::Op,
     node::{self, PAUSE_IMAGE, WORKLOAD_IMAGE, pod_ready, wait_for_log_line, wait_for_pods},
 };
@@ -92,24 +91,15 @@ async fn a_pod_on_the_kubelet_mounts_a_vault_secret_sees_its_rotation_and_unmoun
     let plane = ControlPlane::shared_with_node();
     let image = plane.import_image(WORKLOAD_IMAGE);
     let ns = TestNamespace::on(plane, "csi-kubelet").await;
-    install_crds(&ns.client).await;
-    service_account(&ns, "web").await;
-
     // The vault, a store whose workload identity is the pod's, and a VaultSecret the volume names.
-    let azure = Azure::start(&ns, &[("web", "app-web")]).await;
+    let azure = web_on_azure(&ns).await;
     azure.vault.set_secret("db-password", "first-password");
     azure.vault.set_secret("db-config", r#"{"host":"db.internal"}"#);
-    let apply = PatchParams::apply("test").force();
-    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
-        "spec": { "provider": azure_store(&azure, "app-web", &ns.name) } });
-    ns.api::<VaultStore>().patch("kv", &apply, &Patch::Apply(&store)).await.expect("VaultStore");
-    let vault_secret = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
-        "metadata": { "name": "db-files" },
-        "spec": { "storeRef": { "name": "kv" }, "data": [
-            { "secretKey": "password", "remoteRef": { "name": "db-password" } },
-            { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
-        ] } });
-    ns.api::<VaultSecret>().patch("db-files", &apply, &Patch::Apply(&vault_secret)).await.expect("VaultSecret");
+    let data = json!([
+        { "secretKey": "password", "remoteRef": { "name": "db-password" } },
+        { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
+    ]);
+    apply_vault_secret(&ns, &azure, "app-web", "db-files", data).await;
 
     // The chart's CSIDriver, then the plugin, registering itself in kubelet's plugin registry. Every republish is
     // due after a second, so a rotation reaches the files at kubelet's next pod sync.

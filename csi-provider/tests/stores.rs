@@ -11,44 +11,26 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::*;
 use tonic::Code;
-use vaultsync_api::{ClusterVaultStore, VaultSecret, VaultStore};
-use vaultsync_csi::proto::provider::MountRequest;
+use vaultsync_api::ClusterVaultStore;
 use vaultsync_e2e::{TestNamespace, install_crds, keyvault::Op};
-
-fn mount(attributes: &BTreeMap<String, String>) -> MountRequest {
-    MountRequest {
-        attributes: serde_json::to_string(attributes).expect("JSON"),
-        secrets: "null".into(),
-        target_path: "/unused".into(),
-        permission: "420".into(),
-        current_object_version: Vec::new(),
-    }
-}
 
 #[tokio::test]
 async fn a_vault_secret_is_mounted_with_the_pods_identity_in_both_modes() {
     let ns = TestNamespace::new("csi-s-vs").await;
-    install_crds(&ns.client).await;
-    service_account(&ns, "web").await;
-    let azure = Azure::start(&ns, &[("web", "app-web")]).await;
+    let azure = web_on_azure(&ns).await;
     azure.vault.set_secret("db-password", "vs-password");
     azure.vault.set_secret("db-config", r#"{"host":"db.internal","port":5432}"#);
-    let apply = PatchParams::apply("test").force();
-    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
-        "spec": { "provider": azure_store(&azure, "app-web", &ns.name) } });
-    ns.api::<VaultStore>().patch("kv", &apply, &Patch::Apply(&store)).await.expect("VaultStore");
-    let vault_secret = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret", "metadata": { "name": "db-files" },
-        "spec": { "storeRef": { "name": "kv" }, "data": [
-            { "secretKey": "password", "remoteRef": { "name": "db-password" } },
-            { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
-        ] } });
-    ns.api::<VaultSecret>().patch("db-files", &apply, &Patch::Apply(&vault_secret)).await.expect("VaultSecret");
+    let data = json!([
+        { "secretKey": "password", "remoteRef": { "name": "db-password" } },
+        { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
+    ]);
+    apply_vault_secret(&ns, &azure, "app-web", "db-files", data).await;
     let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
 
     // Mode 1: a SecretProviderClass with `vaultSecret: db-files`.
     let mut attributes = pod_attributes(&ns, "web", "web-0", &[AZURE_AUDIENCE]).await;
     attributes.insert("vaultSecret".into(), "db-files".into());
-    let response = plugin.provider().await.mount(mount(&attributes)).await.expect("Mount").into_inner();
+    let response = plugin.provider().await.mount(provider_mount(&attributes)).await.expect("Mount").into_inner();
     let files: BTreeMap<_, _> =
         response.files.iter().map(|f| (f.path.clone(), String::from_utf8(f.contents.clone()).unwrap())).collect();
     assert_eq!(
@@ -68,7 +50,7 @@ async fn a_vault_secret_is_mounted_with_the_pods_identity_in_both_modes() {
 
     // A VaultSecret that does not exist.
     attributes.insert("vaultSecret".into(), "missing".into());
-    let error = plugin.provider().await.mount(mount(&attributes)).await.expect_err("no such VaultSecret");
+    let error = plugin.provider().await.mount(provider_mount(&attributes)).await.expect_err("no such VaultSecret");
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("vaultSecret") && error.message().contains("missing"), "{}", error.message());
     plugin.stop().await;
@@ -104,19 +86,19 @@ async fn a_cluster_store_refuses_other_namespaces_and_objects_before_any_vault_c
 
     let mut allowed = pod_attributes(&ns, "web", "web-0", &[AZURE_AUDIENCE]).await;
     allowed.extend(parameters("app-db"));
-    let response = provider.mount(mount(&allowed)).await.expect("an allowed object").into_inner();
+    let response = provider.mount(provider_mount(&allowed)).await.expect("an allowed object").into_inner();
     assert_eq!(response.files[0].contents, b"allowed-value");
     assert_eq!(response.object_version[0].id, "secret/app-db");
 
     let mut object = pod_attributes(&ns, "web", "web-1", &[AZURE_AUDIENCE]).await;
     object.extend(parameters("other-db"));
-    let error = provider.mount(mount(&object)).await.expect_err("an object outside the allowlist");
+    let error = provider.mount(provider_mount(&object)).await.expect_err("an object outside the allowlist");
     assert_eq!(error.code(), Code::PermissionDenied);
     assert!(error.message().contains("object other-db"), "{}", error.message());
 
     let mut namespace = pod_attributes(&other, "web", "web-0", &[AZURE_AUDIENCE]).await;
     namespace.extend(parameters("app-db"));
-    let error = provider.mount(mount(&namespace)).await.expect_err("a namespace the store does not admit");
+    let error = provider.mount(provider_mount(&namespace)).await.expect_err("a namespace the store does not admit");
     assert_eq!(error.code(), Code::PermissionDenied);
     assert!(error.message().contains(&other.name), "{}", error.message());
     assert_eq!(azure.vault.calls(Op::GetSecret), 1, "refusals cost no vault call");

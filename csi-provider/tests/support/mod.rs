@@ -305,6 +305,41 @@ pub fn azure_store(azure: &Azure, client_id: &str, namespace: &str) -> serde_jso
     }})
 }
 
+/// vaultsync's CRDs, the service account `web` in `ns`, and the Azure test servers with `web` federated as the
+/// application `app-web`.
+pub async fn web_on_azure(ns: &TestNamespace) -> Azure {
+    vaultsync_e2e::install_crds(&ns.client).await;
+    service_account(ns, "web").await;
+    Azure::start(ns, &[("web", "app-web")]).await
+}
+
+/// VaultStore `kv` on the Azure test servers (workload identity with `client_id`, which the CSI side uses with each
+/// pod's own account) and VaultSecret `name` of `data` items reading from it.
+pub async fn apply_vault_secret(ns: &TestNamespace, azure: &Azure, client_id: &str, name: &str, data: Value) {
+    use kube::api::{Patch, PatchParams};
+    let apply = PatchParams::apply("test").force();
+    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
+        "spec": { "provider": azure_store(azure, client_id, &ns.name) } });
+    ns.api::<vaultsync_api::VaultStore>().patch("kv", &apply, &Patch::Apply(&store)).await.expect("VaultStore");
+    let vault_secret = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+        "metadata": { "name": name }, "spec": { "storeRef": { "name": "kv" }, "data": data } });
+    ns.api::<vaultsync_api::VaultSecret>()
+        .patch(name, &apply, &Patch::Apply(&vault_secret))
+        .await
+        .expect("VaultSecret");
+}
+
+/// A provider Mount request as the Secrets Store CSI Driver sends it, without nodePublishSecretRef secrets.
+pub fn provider_mount(attributes: &BTreeMap<String, String>) -> vaultsync_csi::proto::provider::MountRequest {
+    vaultsync_csi::proto::provider::MountRequest {
+        attributes: serde_json::to_string(attributes).expect("attributes JSON"),
+        secrets: "{}".into(),
+        target_path: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/secrets/mount".into(),
+        permission: "420".into(),
+        current_object_version: Vec::new(),
+    }
+}
+
 /// A NodePublishVolume request for an inline volume with `context` (pod info and parameters).
 pub fn publish_request(volume: &str, target: &Path, context: BTreeMap<String, String>) -> NodePublishVolumeRequest {
     NodePublishVolumeRequest {
