@@ -78,6 +78,8 @@ pub struct InlineConfig {
     pub openbao_insecure_http: bool,
     /// The audience of the pod token for OpenBao when the form names none.
     pub openbao_default_audience: String,
+    /// Told of every vault and token call (the plugin's metrics).
+    pub observer: Option<vaultsync_backend::azure::CallObserver>,
     /// Calls per second per vault endpoint, and the burst.
     pub requests_per_second: u32,
     pub burst: u32,
@@ -180,7 +182,7 @@ impl InlineReader {
         }
         let endpoint = AzureEndpoint::new(self.config.http.clone(), url, KEY_VAULT_API_VERSION)
             .map_err(|e| Error::from_backend("keyvaultName", e))?
-            .metered(Some(self.budget(url)), None);
+            .metered(Some(self.budget(url)), self.config.observer.clone());
         let endpoint = Arc::new(endpoint);
         endpoints.insert(url.to_string(), endpoint.clone());
         Ok(endpoint)
@@ -292,7 +294,7 @@ impl InlineReader {
             };
             let bao = OpenBao::new(self.config.http.clone(), location, auth, principal)
                 .map_err(|e| Error::from_backend("vaultAddress", e))?
-                .metered(Some(self.budget(&server)), None);
+                .metered(Some(self.budget(&server)), self.config.observer.clone());
             Ok(Arc::new(bao))
         })
     }

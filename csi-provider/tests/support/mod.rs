@@ -93,12 +93,13 @@ impl Plugin {
         argv.extend(extra.iter().cloned());
         let args = vaultsync_csi::Args::parse_from(argv);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let inline = std::sync::Arc::new(vaultsync_csi::inline_reader(&args).expect("the inline reader"));
+        let metrics = vaultsync_csi::metrics::Metrics::new();
+        let inline = std::sync::Arc::new(vaultsync_csi::inline_reader(&args, &metrics).expect("the inline reader"));
         let reader: std::sync::Arc<dyn vaultsync_csi::reader::VaultReader> = match client {
-            Some(client) => std::sync::Arc::new(vaultsync_csi::store_reader(&args, client, inline)),
+            Some(client) => std::sync::Arc::new(vaultsync_csi::store_reader(&args, client, inline, &metrics)),
             None => inline,
         };
-        let task = tokio::spawn(vaultsync_csi::run_with_reader(args, reader, async move {
+        let task = tokio::spawn(vaultsync_csi::run_with_reader(args, reader, metrics, async move {
             let _ = stopped.await;
         }));
         let plugin = Plugin { dir, stop: Some(stop), task: Some(task) };
