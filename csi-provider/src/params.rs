@@ -249,6 +249,8 @@ pub enum Source {
 pub struct MountPlan {
     pub source: Source,
     pub files: Vec<FileSpec>,
+    /// A VaultSecret's `dataFrom` entries (the store form only): their keys become files too.
+    pub data_from: Vec<vaultsync_api::secret::DataFrom>,
 }
 
 /// What the parameters ask for.
@@ -628,7 +630,7 @@ fn store_plan(store: &str, kind: Option<&str>, objects: Option<&str>, mode: u32)
         });
     }
     check_files(&files)?;
-    Ok(MountPlan { source: Source::Store(StoreRef { kind, name: store.to_string() }), files })
+    Ok(MountPlan { source: Source::Store(StoreRef { kind, name: store.to_string() }), files, data_from: Vec::new() })
 }
 
 fn bounded_opt(value: Option<String>, place: &str, what: &str, max: usize) -> Result<Option<String>> {
@@ -797,6 +799,7 @@ fn azure_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPlan>
             client_id,
         }),
         files,
+        data_from: Vec::new(),
     })
 }
 
@@ -916,6 +919,7 @@ fn openbao_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPla
             audience,
         }),
         files,
+        data_from: Vec::new(),
     })
 }
 

@@ -39,6 +39,7 @@ use crate::{
     error::{Error, Result},
     params::{AZURE_AUDIENCE, AzureSource, MountPlan, OpenBaoSource, PodInfo, PublishSecrets, Source, VaultObject},
 };
+use vaultsync_api::secret::DataFrom;
 
 /// The Key Vault REST API version the plugin speaks.
 const KEY_VAULT_API_VERSION: &str = "7.6";
@@ -58,6 +59,30 @@ pub trait VaultReader: Send + Sync {
         objects: &'a [VaultObject],
         max_age: Option<Duration>,
     ) -> BoxFuture<'a, Result<Vec<FetchedSecret>>>;
+
+    /// The keys a VaultSecret's `dataFrom` entries give, read as `reading` says. Only the store form has them.
+    fn data_from<'a>(&'a self, _reading: ReadAs<'a>, _entries: &'a [DataFrom]) -> BoxFuture<'a, Result<Vec<Found>>> {
+        Box::pin(async { Err(Error::Unimplemented { message: "dataFrom is read from a VaultSecret's store".into() }) })
+    }
+}
+
+/// Who reads, from where, and how fresh: the pod (its identity), its nodePublishSecretRef, the source, and the age
+/// above which cached reads are not taken.
+#[derive(Clone, Copy)]
+pub struct ReadAs<'a> {
+    pub pod: &'a PodInfo,
+    pub secrets: &'a PublishSecrets,
+    pub source: &'a Source,
+    pub max_age: Option<Duration>,
+}
+
+/// One key a `dataFrom` entry gave: its file name, value, and the object (id `<type>/<name>`) and version behind it.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub key: String,
+    pub value: vaultsync_backend::SecretBytes,
+    pub id: String,
+    pub version: String,
 }
 
 /// Plugin-wide settings of the inline forms (set by the cluster's admin, never by tenants).

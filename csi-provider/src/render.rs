@@ -12,7 +12,8 @@ use vaultsync_render::{Decoding, ObjectSpec, certificate::PKCS12_CONTENT_TYPE};
 
 use crate::{
     error::{Error, Result},
-    params::{Encoding, FileSpec, Format, MAX_TOTAL_BYTES, Output},
+    params::{Encoding, FileSpec, Format, MAX_TOTAL_BYTES, Output, check_path},
+    reader::Found,
 };
 
 /// One file to write.
@@ -53,6 +54,37 @@ pub fn payload(files: &[FileSpec], fetched: &[FetchedSecret]) -> Result<Payload>
             payload.versions.push((spec.id.clone(), secret.version.clone()));
         }
         payload.files.push(File { path: spec.path.clone(), mode: spec.mode, contents });
+    }
+    Ok(payload)
+}
+
+/// Adds the keys of a VaultSecret's `dataFrom` entries to the files of its `data` items, as the operator makes a
+/// Secret: a `data` item of the same name wins; names are checked as file names, the total stays within 1 MiB.
+pub fn with_data_from(payload: Payload, found: Vec<Found>) -> Result<Payload> {
+    let mut files = Vec::new();
+    let mut versions = Vec::new();
+    for found in found {
+        if payload.files.iter().any(|f| f.path == found.key) {
+            continue;
+        }
+        check_path(&found.key, "dataFrom")?;
+        if !versions.iter().any(|(id, _)| *id == found.id) {
+            versions.push((found.id.clone(), found.version.clone()));
+        }
+        files.push(File { path: found.key, mode: 0o644, contents: found.value });
+    }
+    files.extend(payload.files);
+    for version in payload.versions {
+        if !versions.iter().any(|(id, _)| *id == version.0) {
+            versions.push(version);
+        }
+    }
+    let payload = Payload { files, versions };
+    if payload.total_bytes() > MAX_TOTAL_BYTES {
+        return Err(Error::invalid(
+            "dataFrom",
+            format!("the files add up to more than the {MAX_TOTAL_BYTES} bytes (1 MiB) a volume may hold"),
+        ));
     }
     Ok(payload)
 }

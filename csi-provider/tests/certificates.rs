@@ -166,7 +166,7 @@ async fn a_vault_secret_and_store_objects_render_certificates_and_keys_as_the_op
         { "secretKey": "leaf.pem", "remoteRef": { "name": "web-pfx", "objectType": "certificate" } },
         { "secretKey": "signing.jwk", "remoteRef": { "name": "signing", "objectType": "key", "format": "jwk" } },
     ]);
-    apply_vault_secret(&ns, &azure, "app-web", "certs", data).await;
+    apply_vault_secret(&ns, &azure, "app-web", "certs", json!({ "data": data })).await;
     let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
     let mut node = plugin.node().await;
 
@@ -212,7 +212,7 @@ async fn a_vault_secret_and_store_objects_render_certificates_and_keys_as_the_op
     assert!(error.message().contains("format must fit objectType") && error.message().contains("objects[0]"));
     let with_password = json!([{ "secretKey": "tls.pfx", "remoteRef": { "name": "web-pfx", "format": "pfx",
         "pfxPassword": { "secretRef": { "name": "pw", "key": "password" } } } }]);
-    apply_vault_secret(&ns, &azure, "app-web", "protected", with_password).await;
+    apply_vault_secret(&ns, &azure, "app-web", "protected", json!({ "data": with_password })).await;
     let mut protected = pod_attributes(&ns, "web", "web-2", &[AZURE_AUDIENCE]).await;
     protected.insert("vaultsync.dev/vaultsecret".into(), "protected".into());
     let target = plugin.target("protected");

@@ -99,7 +99,7 @@ async fn a_pod_on_the_kubelet_mounts_a_vault_secret_sees_its_rotation_and_unmoun
         { "secretKey": "password", "remoteRef": { "name": "db-password" } },
         { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
     ]);
-    apply_vault_secret(&ns, &azure, "app-web", "db-files", data).await;
+    apply_vault_secret(&ns, &azure, "app-web", "db-files", json!({ "data": data })).await;
 
     // The chart's CSIDriver, then the plugin, registering itself in kubelet's plugin registry. Every republish is
     // due after a second, so a rotation reaches the files at kubelet's next pod sync.

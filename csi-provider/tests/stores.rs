@@ -24,7 +24,7 @@ async fn a_vault_secret_is_mounted_with_the_pods_identity_in_both_modes() {
         { "secretKey": "password", "remoteRef": { "name": "db-password" } },
         { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
     ]);
-    apply_vault_secret(&ns, &azure, "app-web", "db-files", data).await;
+    apply_vault_secret(&ns, &azure, "app-web", "db-files", json!({ "data": data })).await;
     let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
 
     // Mode 1: a SecretProviderClass with `vaultSecret: db-files`.
@@ -111,5 +111,80 @@ async fn a_cluster_store_refuses_other_namespaces_and_objects_before_any_vault_c
     assert_eq!(refused.expect_err("refused").code(), Code::PermissionDenied);
     assert!(!target.exists());
     assert_logs_free_of(&["allowed-value", "forbidden-value"]);
+    plugin.stop().await;
+}
+
+#[tokio::test]
+async fn a_vault_secret_with_data_from_mounts_every_key_the_operator_would_write() {
+    let ns = TestNamespace::new("csi-s-from").await;
+    let azure = web_on_azure(&ns).await;
+    azure.vault.set_secret("app-config", r#"{"db_host":"from-extract","port":5432}"#);
+    azure.vault.set_secret("pinned-host", "db.internal");
+    let tags = |env: &str| BTreeMap::from([("env".to_string(), env.to_string())]);
+    azure.vault.set_secret_with("team-a-one", "one-value", None, tags("prod"));
+    azure.vault.set_secret_with("team-a-two", "dHdvLXZhbHVl", None, tags("prod")); // base64 of two-value
+    azure.vault.set_secret_with("team-a-three", "three-value", None, tags("dev"));
+    azure.vault.set_secret_with("other-one", "other-value", None, tags("prod"));
+    let spec = json!({
+        "data": [{ "secretKey": "db_host", "remoteRef": { "name": "pinned-host" } }],
+        "dataFrom": [
+            { "extract": { "name": "app-config" } },
+            { "find": { "path": "team-a-", "tags": { "env": "prod" }, "decoding": "Auto" },
+              "rewrite": [{ "regexp": { "source": "^team-a-", "target": "secret_" } }] },
+        ] });
+    apply_vault_secret(&ns, &azure, "app-web", "from", spec).await;
+    let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
+    let expected = BTreeMap::from([
+        ("db_host".to_string(), "db.internal".to_string()),
+        ("port".to_string(), "5432".to_string()),
+        ("secret_one".to_string(), "one-value".to_string()),
+        ("secret_two".to_string(), "two-value".to_string()),
+    ]);
+
+    // Node mode: the files as the operator would write the Secret's keys (a data item wins over dataFrom).
+    let mut context = pod_attributes(&ns, "web", "web-0", &[AZURE_AUDIENCE]).await;
+    context.insert("vaultsync.dev/vaultsecret".into(), "from".into());
+    let target = plugin.target("from");
+    let mut node = plugin.node().await;
+    node.node_publish_volume(publish_request("csi-from", &target, context)).await.expect("NodePublishVolume");
+    assert_eq!(read_volume(&target), expected);
+    node.node_unpublish_volume(unpublish_request("csi-from", &target)).await.expect("unpublish");
+
+    // Provider mode: the same files, one version per object read.
+    let mut attributes = pod_attributes(&ns, "web", "web-1", &[AZURE_AUDIENCE]).await;
+    attributes.insert("vaultSecret".into(), "from".into());
+    let response = plugin.provider().await.mount(provider_mount(&attributes)).await.expect("Mount").into_inner();
+    let files: BTreeMap<_, _> =
+        response.files.iter().map(|f| (f.path.clone(), String::from_utf8(f.contents.clone()).unwrap())).collect();
+    assert_eq!(files, expected);
+    let mut ids: Vec<&str> = response.object_version.iter().map(|v| v.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["secret/app-config", "secret/pinned-host", "secret/team-a-one", "secret/team-a-two"]);
+
+    // A find that selects nothing, and a rewrite that makes two keys one, are refused and write nothing.
+    for (name, data_from, what) in [
+        ("empty", json!([{ "find": { "path": "team-b-" } }]), "found no object"),
+        (
+            "clash",
+            json!([{ "find": { "path": "team-a-", "tags": { "env": "prod" } },
+            "rewrite": [{ "regexp": { "source": ".*", "target": "same" } }] }]),
+            "into the key",
+        ),
+        (
+            "twice",
+            json!([{ "extract": { "name": "app-config" } }, { "extract": { "name": "app-config" } }]),
+            "an earlier dataFrom entry",
+        ),
+    ] {
+        apply_vault_secret(&ns, &azure, "app-web", name, json!({ "dataFrom": data_from })).await;
+        let mut context = pod_attributes(&ns, "web", "web-2", &[AZURE_AUDIENCE]).await;
+        context.insert("vaultsync.dev/vaultsecret".into(), name.into());
+        let target = plugin.target(name);
+        let error = node.node_publish_volume(publish_request(name, &target, context)).await.expect_err(name);
+        assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+        assert!(error.message().contains(what) && error.message().contains("dataFrom["), "{error:?}");
+        assert!(!target.exists(), "nothing was made");
+    }
+    assert_logs_free_of(&["one-value", "two-value", "db.internal", "from-extract"]);
     plugin.stop().await;
 }

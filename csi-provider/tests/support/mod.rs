@@ -315,15 +315,16 @@ pub async fn web_on_azure(ns: &TestNamespace) -> Azure {
 }
 
 /// VaultStore `kv` on the Azure test servers (workload identity with `client_id`, which the CSI side uses with each
-/// pod's own account) and VaultSecret `name` of `data` items reading from it.
-pub async fn apply_vault_secret(ns: &TestNamespace, azure: &Azure, client_id: &str, name: &str, data: Value) {
+/// pod's own account) and VaultSecret `name` reading from it: `spec` is its `data` and `dataFrom`.
+pub async fn apply_vault_secret(ns: &TestNamespace, azure: &Azure, client_id: &str, name: &str, mut spec: Value) {
     use kube::api::{Patch, PatchParams};
     let apply = PatchParams::apply("test").force();
     let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
         "spec": { "provider": azure_store(azure, client_id, &ns.name) } });
     ns.api::<vaultsync_api::VaultStore>().patch("kv", &apply, &Patch::Apply(&store)).await.expect("VaultStore");
+    spec["storeRef"] = json!({ "name": "kv" });
     let vault_secret = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
-        "metadata": { "name": name }, "spec": { "storeRef": { "name": "kv" }, "data": data } });
+        "metadata": { "name": name }, "spec": spec });
     ns.api::<vaultsync_api::VaultSecret>()
         .patch(name, &apply, &Patch::Apply(&vault_secret))
         .await
