@@ -96,7 +96,7 @@ async fn relay(client: tokio::net::UnixStream, server: tokio::io::DuplexStream) 
     };
     let to_server = async move {
         let mut pending = Vec::new();
-        let mut preface_done = false;
+        let mut state = Relay::default();
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             let n = match client_read.read(&mut chunk).await {
@@ -104,7 +104,7 @@ async fn relay(client: tokio::net::UnixStream, server: tokio::io::DuplexStream) 
                 Ok(n) => n,
             };
             pending.extend_from_slice(&chunk[..n]);
-            let out = fix_authority(&mut pending, &mut preface_done);
+            let out = fix_authority(&mut pending, &mut state);
             if server_write.write_all(&out).await.is_err() {
                 break;
             }
@@ -114,23 +114,43 @@ async fn relay(client: tokio::net::UnixStream, server: tokio::io::DuplexStream) 
     tokio::join!(to_client, to_server);
 }
 
+/// The largest frame the server accepts (HTTP/2's default `SETTINGS_MAX_FRAME_SIZE`, which tonic keeps).
+const MAX_FRAME: usize = 16 * 1024;
+
+/// Where a relay is in the client's byte stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Relay {
+    /// Before the connection preface.
+    #[default]
+    Preface,
+    /// Frame by frame.
+    Frames,
+    /// Everything as it comes: the client sent a frame larger than the server accepts, which the server refuses
+    /// (and nothing is buffered for it).
+    Passthrough,
+}
+
 /// Takes the complete frames (and the preface) off the front of `pending` and returns them, HEADERS frames with a
 /// `:authority` rewritten; an incomplete frame stays in `pending`.
-pub fn fix_authority(pending: &mut Vec<u8>, preface_done: &mut bool) -> Vec<u8> {
+pub fn fix_authority(pending: &mut Vec<u8>, state: &mut Relay) -> Vec<u8> {
     let mut out = Vec::with_capacity(pending.len());
     let mut at = 0;
-    if !*preface_done {
+    if *state == Relay::Preface {
         if pending.len() < PREFACE.len() {
             return out;
         }
         // Not a preface: not HTTP/2 as gRPC speaks it; passed on for the server to refuse.
         out.extend_from_slice(&pending[..PREFACE.len()]);
         at = PREFACE.len();
-        *preface_done = true;
+        *state = Relay::Frames;
     }
-    while pending.len() - at >= 9 {
+    while *state == Relay::Frames && pending.len() - at >= 9 {
         let header = &pending[at..at + 9];
         let length = (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        if length > MAX_FRAME {
+            *state = Relay::Passthrough;
+            break;
+        }
         if pending.len() - at - 9 < length {
             break;
         }
@@ -146,6 +166,10 @@ pub fn fix_authority(pending: &mut Vec<u8>, preface_done: &mut bool) -> Vec<u8> 
             None => out.extend_from_slice(&pending[at..at + 9 + length]),
         }
         at += 9 + length;
+    }
+    if *state == Relay::Passthrough {
+        out.extend_from_slice(&pending[at..]);
+        at = pending.len();
     }
     pending.drain(..at);
     out
@@ -270,11 +294,11 @@ mod tests {
         // Arriving in two parts: the second HEADERS byte onwards later.
         let split = PREFACE.len() + settings.len() + 10;
         let mut pending = input[..split].to_vec();
-        let mut preface_done = false;
-        let mut out = fix_authority(&mut pending, &mut preface_done);
+        let mut state = Relay::default();
+        let mut out = fix_authority(&mut pending, &mut state);
         assert_eq!(out, [PREFACE, &settings].concat(), "the preface and whole frames only");
         pending.extend_from_slice(&input.split_off(split));
-        out.extend(fix_authority(&mut pending, &mut preface_done));
+        out.extend(fix_authority(&mut pending, &mut state));
         assert!(pending.is_empty());
         let mut expected_block = vec![0x83, 0x86, 0x44, 0x05];
         expected_block.extend_from_slice(b"/a/Bc");
@@ -290,8 +314,15 @@ mod tests {
     fn headers_without_a_literal_authority_are_unchanged() {
         let headers = frame(HEADERS, END_HEADERS, 1, &[0x83, 0x86, 0xbe]);
         let mut pending = [PREFACE, &headers].concat();
-        let mut preface_done = false;
-        assert_eq!(fix_authority(&mut pending, &mut preface_done), [PREFACE, &headers].concat());
+        let mut state = Relay::default();
+        assert_eq!(fix_authority(&mut pending, &mut state), [PREFACE, &headers].concat());
+        // A frame larger than the server accepts: passed on as it comes (the server refuses it), nothing buffered.
+        let huge = [0x01, 0x00, 0x00, 0x00, 0x00, 0, 0, 0, 1, 0xaa, 0xbb];
+        let mut pending = huge.to_vec();
+        assert_eq!(fix_authority(&mut pending, &mut state), huge);
+        assert_eq!(state, Relay::Passthrough);
+        let mut pending = headers.clone();
+        assert_eq!(fix_authority(&mut pending, &mut state), headers, "and everything after it");
         // A long integer (index 200 in the dynamic table).
         assert_eq!(integer(&[0xff, 0x49], 7), Some((200, 2)));
         assert_eq!(integer(&[0xff, 0xff], 7), None);
