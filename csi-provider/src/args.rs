@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_BURST", default_value_t = 40)]
     pub burst: u32,
 
+    /// Serve Prometheus metrics on `http://<address>/metrics` (`127.0.0.1:9809`); off when unset. The plugin runs on
+    /// every node: keep it on loopback or a node-local address.
+    #[arg(long, env = "VAULTSYNC_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
     /// Log as JSON lines.
     #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

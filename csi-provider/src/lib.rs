@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod error;
+pub mod metrics;
 pub mod mount;
 pub mod mounter;
 pub mod node;
@@ -49,14 +50,16 @@ use vaultsync_backend::cache::ReadCache;
 pub use args::Args;
 
 use crate::{
+    metrics::Metrics,
     mounter::Mounter,
     node::{NodeConfig, NodePlugin},
     proto::{csi, provider as provider_proto, registration as registration_proto},
     reader::{InlineConfig, InlineReader, VaultReader},
 };
 
-/// The reader of the inline forms as the flags configure it.
-pub fn inline_reader(args: &Args) -> anyhow::Result<InlineReader> {
+/// The reader of the inline forms as the flags configure it; its vault calls and cache reads are counted in
+/// `metrics`.
+pub fn inline_reader(args: &Args, metrics: &Arc<Metrics>) -> anyhow::Result<InlineReader> {
     let ca = match &args.ca_bundle_file {
         Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
@@ -83,13 +86,21 @@ pub fn inline_reader(args: &Args) -> anyhow::Result<InlineReader> {
         requests_per_second: args.requests_per_second,
         burst: args.burst,
         idle_backend: std::time::Duration::from_secs(15 * 60),
+        observer: Some(metrics.call_observer()),
     };
-    Ok(InlineReader::new(config, Arc::new(ReadCache::new(args.cache_window))))
+    let cache = Arc::new(ReadCache::new(args.cache_window));
+    metrics.watch_cache(cache.clone());
+    Ok(InlineReader::new(config, cache))
 }
 
 /// The reader of every form: stores resolved with `client` (with the pod's identity), the inline
-/// forms by `inline`, one read cache for both.
-pub fn store_reader(args: &Args, client: kube::Client, inline: Arc<InlineReader>) -> stores::StoreReader {
+/// forms by `inline`, one read cache for both; vault calls are counted in `metrics`.
+pub fn store_reader(
+    args: &Args,
+    client: kube::Client,
+    inline: Arc<InlineReader>,
+    metrics: &Arc<Metrics>,
+) -> stores::StoreReader {
     let settings = vaultsync_stores::Settings {
         default_budget: (args.requests_per_second, args.burst),
         // Pods never read with the plugin's own identity: no token requests, no managed identity.
@@ -98,29 +109,34 @@ pub fn store_reader(args: &Args, client: kube::Client, inline: Arc<InlineReader>
         azure_environment: None,
         ..vaultsync_stores::Settings::default()
     };
-    let stores = vaultsync_stores::Stores::new(client.clone(), settings, Arc::new(|_, _, _| {}));
+    let observer = metrics.call_observer();
+    // Counted by operation and outcome only: store names would make a series per tenant.
+    let observer = Arc::new(move |_store: &str, operation, outcome| observer(operation, outcome));
+    let stores = vaultsync_stores::Stores::new(client.clone(), settings, observer);
     stores::StoreReader::new(client, stores, inline)
 }
 
 /// Runs until `shutdown` resolves. The store forms are served when a Kubernetes client can be
 /// had (in cluster, or from `KUBECONFIG`); the inline forms always.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let inline = Arc::new(inline_reader(&args)?);
+    let metrics = Metrics::new();
+    let inline = Arc::new(inline_reader(&args, &metrics)?);
     let reader: Arc<dyn VaultReader> = match kube::Client::try_default().await {
-        Ok(client) => Arc::new(store_reader(&args, client, inline)),
+        Ok(client) => Arc::new(store_reader(&args, client, inline, &metrics)),
         Err(error) => {
             tracing::warn!(%error, "no Kubernetes client: the vaultSecret and storeRef forms are not served");
             inline
         }
     };
-    run_with_reader(args, reader, shutdown).await
+    run_with_reader(args, reader, metrics, shutdown).await
 }
 
 /// Runs until `shutdown` resolves, reading through `reader` (tests and the store resolution
-/// give their own).
+/// give their own) and counting in `metrics` (served when `--metrics-address` is set).
 pub async fn run_with_reader(
     args: Args,
     reader: Arc<dyn VaultReader>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if args.provider_dir.is_none() && args.csi_endpoint.is_none() {
@@ -147,15 +163,19 @@ pub async fn run_with_reader(
             .set_serving::<provider_proto::csi_driver_provider_server::CsiDriverProviderServer<provider::Provider>>()
             .await;
         let service = provider_proto::csi_driver_provider_server::CsiDriverProviderServer::new(
-            provider::Provider::new(mounter.clone()),
+            provider::Provider::new(mounter.clone(), metrics.clone()),
         )
         // The driver accepts up to 4 MiB; files are capped at 1 MiB.
         .max_encoding_message_size(4 * 1024 * 1024);
         info!(socket = %path.display(), "serving the Secrets Store CSI Driver provider");
         let router = Server::builder().add_service(health_service).add_service(service);
         let done = stopped(&stop);
-        servers
-            .spawn(async move { router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), done).await });
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), done)
+                .await
+                .map_err(anyhow::Error::from)
+        });
         sockets.push(path);
     }
 
@@ -171,7 +191,7 @@ pub async fn run_with_reader(
         if args.medium == mount::Medium::Directory {
             tracing::warn!("--medium directory: volume files are written to the node's disk");
         }
-        let plugin = Arc::new(NodePlugin::new(config, mounter.clone()));
+        let plugin = Arc::new(NodePlugin::new(config, mounter.clone(), metrics.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<csi::node_server::NodeServer<Arc<NodePlugin>>>().await;
         info!(socket = %path.display(), driver = %args.driver_name, "serving the CSI node plugin");
@@ -180,8 +200,12 @@ pub async fn run_with_reader(
             .add_service(csi::identity_server::IdentityServer::new(plugin.clone()))
             .add_service(csi::node_server::NodeServer::new(plugin));
         let done = stopped(&stop);
-        servers
-            .spawn(async move { router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), done).await });
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), done)
+                .await
+                .map_err(anyhow::Error::from)
+        });
         sockets.push(path.clone());
 
         if let Some(dir) = &args.kubelet_registration_dir {
@@ -196,11 +220,21 @@ pub async fn run_with_reader(
             let router = Server::builder()
                 .add_service(registration_proto::registration_server::RegistrationServer::new(registrar));
             let done = stopped(&stop);
-            servers.spawn(
-                async move { router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), done).await },
-            );
+            // kubelet's plugin watcher sends the socket's path as `:authority`: see registration::fixed_incoming.
+            let incoming = registration::fixed_incoming(listener);
+            servers.spawn(async move {
+                router.serve_with_incoming_shutdown(incoming, done).await.map_err(anyhow::Error::from)
+            });
             sockets.push(registration);
         }
+    }
+
+    if let Some(address) = args.metrics_address {
+        let listener = metrics::bind(address).await?;
+        info!(address = %listener.local_addr()?, "serving /metrics");
+        let done = stopped(&stop);
+        let metrics = metrics.clone();
+        servers.spawn(async move { metrics::serve(listener, metrics, done).await.map_err(anyhow::Error::from) });
     }
 
     // Until asked to stop, or until a server fails.
@@ -208,8 +242,8 @@ pub async fn run_with_reader(
         () = shutdown => Ok(()),
         Some(ended) = servers.join_next() => match ended {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(anyhow::Error::new(e).context("a gRPC server failed")),
-            Err(e) => Err(anyhow::Error::new(e).context("a gRPC server panicked")),
+            Ok(Err(e)) => Err(e.context("a server failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("a server panicked")),
         },
     };
     let _ = stop.send(());

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     error::Result,
     params::{MountSpec, Request, VaultObject, check_files},
-    reader::VaultReader,
+    reader::{ReadAs, VaultReader},
     render::{self, Payload},
 };
 
@@ -26,12 +26,21 @@ impl Mounter {
             Request::Plan(plan) => plan,
             Request::VaultSecret { name } => {
                 resolved = self.reader.vault_secret_plan(&spec.pod, name).await?;
-                check_files(&resolved.files)?;
+                // A VaultSecret of dataFrom only has no data items (its keys are checked when found).
+                if !resolved.files.is_empty() || resolved.data_from.is_empty() {
+                    check_files(&resolved.files)?;
+                }
                 &resolved
             }
         };
         let objects: Vec<VaultObject> = plan.files.iter().map(|f| f.object.clone()).collect();
         let fetched = self.reader.read(&spec.pod, &spec.secrets, &plan.source, &objects, max_age).await?;
-        render::payload(&plan.files, &fetched)
+        let mut payload = render::payload(&plan.files, &fetched)?;
+        if !plan.data_from.is_empty() {
+            let reading = ReadAs { pod: &spec.pod, secrets: &spec.secrets, source: &plan.source, max_age };
+            let found = self.reader.data_from(reading, &plan.data_from).await?;
+            payload = render::with_data_from(payload, found)?;
+        }
+        Ok(payload)
     }
 }

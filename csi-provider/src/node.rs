@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     error::{Error, Result},
+    metrics::Metrics,
     mount::{self, Medium},
     mounter::Mounter,
     params::{self, EPHEMERAL, MountSpec, POD_NAME, POD_NAMESPACE},
@@ -55,13 +56,14 @@ type Slot = Arc<tokio::sync::Mutex<Option<Volume>>>;
 pub struct NodePlugin {
     config: NodeConfig,
     mounter: Arc<Mounter>,
+    metrics: Arc<Metrics>,
     /// One slot per target path: calls for one target run one at a time.
     volumes: Mutex<HashMap<PathBuf, Slot>>,
 }
 
 impl NodePlugin {
-    pub fn new(config: NodeConfig, mounter: Arc<Mounter>) -> Self {
-        Self { config, mounter, volumes: Mutex::default() }
+    pub fn new(config: NodeConfig, mounter: Arc<Mounter>, metrics: Arc<Metrics>) -> Self {
+        Self { config, mounter, metrics, volumes: Mutex::default() }
     }
 
     fn slot(&self, target: &Path) -> Slot {
@@ -125,7 +127,7 @@ impl NodePlugin {
     /// the volume down on an error, and the parameters were already checked at the first publish.
     async fn republish(&self, volume: &mut Volume, target: &Path) -> Result<&'static str> {
         if volume.refreshed.elapsed() < self.config.refresh_interval {
-            return Ok("not due");
+            return Ok("not_due");
         }
         let max_age = Some(self.config.refresh_interval);
         let written = match self.mounter.payload(&volume.spec, max_age).await {
@@ -285,13 +287,15 @@ impl Node for Arc<NodePlugin> {
         let (pod, target, volume) = (pod_of(&request), request.target_path.clone(), request.volume_id.clone());
         match self.publish(request).await {
             Ok(outcome) => {
-                if outcome != "not due" {
+                self.metrics.publish("node", outcome, started.elapsed());
+                if outcome != "not_due" {
                     let elapsed_ms = started.elapsed().as_millis() as u64;
                     info!(%pod, %volume, %target, outcome, elapsed_ms, "volume published");
                 }
                 Ok(Response::new(NodePublishVolumeResponse {}))
             }
             Err(error) => {
+                self.metrics.publish("node", error.metric_label(), started.elapsed());
                 warn!(%pod, %volume, %target, reason = error.metric_label(), %error, "publish refused");
                 Err(error.into())
             }

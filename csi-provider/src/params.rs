@@ -17,7 +17,8 @@
 use std::{collections::BTreeMap, fmt};
 
 use serde::Deserialize;
-use vaultsync_backend::openbao::KvVersion;
+use vaultsync_backend::{ObjectKind, openbao::KvVersion};
+pub use vaultsync_render::Format;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -114,6 +115,20 @@ pub enum Encoding {
     Auto,
 }
 
+/// What a file holds of its object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// The value as stored (a `field` taken, then the encoding decoded).
+    #[default]
+    Value,
+    /// The Azure provider's `objectType: secret` with `objectFormat: pem`: a certificate's secret held as PKCS#12
+    /// becomes PEM (the private key, then leaf to root); any other value as stored. Then the encoding.
+    AzureSecret,
+    /// Rendered by `vaultsync-render` in this format (a certificate, a key, a certificate's secret as PEM or PFX),
+    /// as the operator renders it.
+    Render(Format),
+}
+
 /// Which store a `storeRef` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StoreKind {
@@ -128,6 +143,8 @@ pub struct VaultObject {
     pub mount: Option<(String, KvVersionKey)>,
     pub name: String,
     pub version: Option<String>,
+    /// Azure Key Vault only: a secret, a certificate or a key (the others hold secrets only).
+    pub kind: ObjectKind,
 }
 
 /// [`KvVersion`] as an ordered, hashable key.
@@ -158,6 +175,8 @@ pub struct FileSpec {
     /// A field of a JSON object value (OpenBao `secretKey`, a store's `property`).
     pub field: Option<String>,
     pub encoding: Encoding,
+    /// What the object becomes: its value, or a certificate or key rendered by `vaultsync-render`.
+    pub output: Output,
     /// Where this file was asked for, for messages (`objects[2]`).
     pub place: String,
 }
@@ -230,6 +249,8 @@ pub enum Source {
 pub struct MountPlan {
     pub source: Source,
     pub files: Vec<FileSpec>,
+    /// A VaultSecret's `dataFrom` entries (the store form only): their keys become files too.
+    pub data_from: Vec<vaultsync_api::secret::DataFrom>,
 }
 
 /// What the parameters ask for.
@@ -511,7 +532,54 @@ struct StoreObject {
     #[serde(default)]
     decoding: Option<String>,
     #[serde(default)]
+    object_type: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
     file_permission: Option<String>,
+}
+
+/// What a file of a store's object holds, by a VaultSecret's rules (`objectType`, `format`): a secret's value as
+/// stored unless a format is asked for; certificates and keys rendered (PEM when no format is named).
+pub fn store_output(kind: ObjectKind, format: Option<Format>) -> Output {
+    match (kind, format) {
+        (ObjectKind::Secret, None) => Output::Value,
+        (_, format) => Output::Render(format.unwrap_or_default()),
+    }
+}
+
+/// A store object's `objectType` and `format`, checked as a VaultSecret's are at admission.
+fn store_kind_and_format(object: &StoreObject, place: &str) -> Result<(ObjectKind, Option<Format>)> {
+    let kind = match object.object_type.as_deref() {
+        None | Some("secret") => ObjectKind::Secret,
+        Some("certificate") => ObjectKind::Certificate,
+        Some("key") => ObjectKind::Key,
+        Some(_) => return Err(Error::invalid(place, "objectType must be secret, certificate or key")),
+    };
+    let format = match object.format.as_deref() {
+        None => None,
+        Some("pem") => Some(Format::Pem),
+        Some("pfx") => Some(Format::Pfx),
+        Some("der") => Some(Format::Der),
+        Some("jwk") => Some(Format::Jwk),
+        Some(_) => return Err(Error::invalid(place, "format must be pem, pfx, der or jwk")),
+    };
+    let fits = match (kind, format) {
+        (_, None) | (_, Some(Format::Pem)) => true,
+        (ObjectKind::Secret, Some(f)) => f == Format::Pfx,
+        (ObjectKind::Certificate, Some(f)) => f == Format::Der,
+        (ObjectKind::Key, Some(f)) => f == Format::Jwk,
+    };
+    if !fits {
+        return Err(Error::invalid(
+            place,
+            "format must fit objectType: pem or pfx for a secret, pem or der for a certificate, pem or jwk for a key",
+        ));
+    }
+    if object.property.is_some() && (format.is_some() || kind != ObjectKind::Secret) {
+        return Err(Error::invalid(place, "property takes a field of a secret's JSON value; not with format"));
+    }
+    Ok((kind, format))
 }
 
 fn store_plan(store: &str, kind: Option<&str>, objects: Option<&str>, mode: u32) -> Result<MountPlan> {
@@ -526,7 +594,7 @@ fn store_plan(store: &str, kind: Option<&str>, objects: Option<&str>, mode: u32)
         Error::invalid(
             "objects",
             format!(
-                "not a YAML list of {{objectName, fileName, version, property, decoding, filePermission}} ({})",
+                "not a YAML list of {{objectName, fileName, version, property, decoding, objectType, format, filePermission}} ({})",
                 where_yaml(&e)
             ),
         )
@@ -546,20 +614,23 @@ fn store_plan(store: &str, kind: Option<&str>, objects: Option<&str>, mode: u32)
             Some(p) => octal_mode(p, &place)?,
             None => mode,
         };
+        let (kind, format) = store_kind_and_format(&object, &place)?;
+        let output = store_output(kind, format);
         let version = bounded_opt(object.version, &place, "version", 128)?;
         let field = bounded_opt(object.property, &place, "property", 253)?;
         files.push(FileSpec {
             path: object.file_name.unwrap_or_else(|| object.object_name.clone()),
             mode,
-            id: format!("secret/{}", object.object_name),
-            object: VaultObject { mount: None, name: object.object_name, version },
+            id: format!("{kind}/{}", object.object_name),
+            object: VaultObject { mount: None, name: object.object_name, version, kind },
             field,
             encoding,
+            output,
             place,
         });
     }
     check_files(&files)?;
-    Ok(MountPlan { source: Source::Store(StoreRef { kind, name: store.to_string() }), files })
+    Ok(MountPlan { source: Source::Store(StoreRef { kind, name: store.to_string() }), files, data_from: Vec::new() })
 }
 
 fn bounded_opt(value: Option<String>, place: &str, what: &str, max: usize) -> Result<Option<String>> {
@@ -665,28 +736,27 @@ fn azure_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPlan>
             return Err(Error::invalid(place, "objectName: a Key Vault object name is letters, digits and hyphens"));
         }
         let object_type = object.object_type.as_deref().unwrap_or("secret").to_ascii_lowercase();
-        match object_type.as_str() {
-            "secret" => {}
-            "key" | "cert" => {
-                return Err(Error::invalid(
-                    place,
-                    format!(
-                        "objectType {object_type} is not supported yet (certificates and keys come with certificate support); use secret"
-                    ),
-                ));
-            }
+        let kind = match object_type.as_str() {
+            "secret" => ObjectKind::Secret,
+            "cert" => ObjectKind::Certificate,
+            "key" => ObjectKind::Key,
             _ => return Err(Error::invalid(place, "objectType must be secret, key or cert")),
-        }
-        match object.object_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") | Some("pem") => {}
-            Some("pfx") => {
+        };
+        // As the Azure provider: a certificate's secret is PEM unless pfx is asked for (then its value, base64 as
+        // Key Vault holds it: objectEncoding base64 writes the binary PFX); a certificate is its leaf and a key its
+        // public half, as PEM.
+        let output = match (object.object_format.as_deref().map(str::to_ascii_lowercase).as_deref(), kind) {
+            (None | Some("") | Some("pem"), ObjectKind::Secret) => Output::AzureSecret,
+            (None | Some("") | Some("pem"), _) => Output::Render(Format::Pem),
+            (Some("pfx"), ObjectKind::Secret) => Output::Value,
+            (Some("pfx"), _) => {
                 return Err(Error::invalid(
                     place,
-                    "objectFormat pfx is not supported yet (comes with certificate support)",
+                    "objectFormat pfx is for objectType secret (a certificate's secret holds its key)",
                 ));
             }
-            Some(_) => return Err(Error::invalid(place, "objectFormat must be pem or pfx")),
-        }
+            (Some(_), _) => return Err(Error::invalid(place, "objectFormat must be pem or pfx")),
+        };
         let encoding = match object.object_encoding.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("") | Some("utf-8") => Encoding::Utf8,
             Some("base64") => Encoding::Base64,
@@ -712,9 +782,11 @@ fn azure_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPlan>
             path: alias.unwrap_or_else(|| object.object_name.clone()),
             mode,
             id: format!("{object_type}/{}", object.object_name),
-            object: VaultObject { mount: None, name: object.object_name, version },
+            object: VaultObject { mount: None, name: object.object_name, version, kind },
             field: None,
-            encoding,
+            // objectEncoding applies to secrets only, as in the Azure provider.
+            encoding: if kind == ObjectKind::Secret { encoding } else { Encoding::Utf8 },
+            output,
             place,
         });
     }
@@ -727,6 +799,7 @@ fn azure_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPlan>
             client_id,
         }),
         files,
+        data_from: Vec::new(),
     })
 }
 
@@ -829,9 +902,10 @@ fn openbao_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPla
             path: object.object_name,
             mode,
             id: format!("secret/{}", object.secret_path.trim_matches('/')),
-            object: VaultObject { mount: Some((mount, kv)), name, version },
+            object: VaultObject { mount: Some((mount, kv)), name, version, kind: ObjectKind::Secret },
             field,
             encoding,
+            output: Output::Value,
             place,
         });
     }
@@ -845,6 +919,7 @@ fn openbao_plan(params: &BTreeMap<String, String>, mode: u32) -> Result<MountPla
             audience,
         }),
         files,
+        data_from: Vec::new(),
     })
 }
 
@@ -975,6 +1050,63 @@ mod tests {
     }
 
     #[test]
+    fn azure_object_types_and_formats_as_the_azure_provider_writes_them() {
+        let objects = [
+            "objectType: secret",
+            "objectFormat: pfx\nobjectEncoding: base64",
+            "objectType: CERT",
+            "objectType: key\nobjectEncoding: hex",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, fields)| azure_object(&format!("objectName: o{i}\n{fields}")).replace("array:\n", ""))
+        .collect::<String>();
+        let files = files(&azure(&format!("array:\n{objects}")));
+        let outputs: Vec<_> = files.iter().map(|f| (f.object.kind, f.output, f.encoding, f.id.as_str())).collect();
+        assert_eq!(
+            outputs,
+            [
+                (ObjectKind::Secret, Output::AzureSecret, Encoding::Utf8, "secret/o0"),
+                (ObjectKind::Secret, Output::Value, Encoding::Base64, "secret/o1"),
+                (ObjectKind::Certificate, Output::Render(Format::Pem), Encoding::Utf8, "cert/o2"),
+                (ObjectKind::Key, Output::Render(Format::Pem), Encoding::Utf8, "key/o3"),
+            ]
+        );
+    }
+
+    #[test]
+    fn store_object_types_and_formats_follow_the_vault_secret_rules() {
+        let store = |objects: &str| {
+            let mut attributes = pod_attributes();
+            attributes.insert("storeRef".into(), json!("kv"));
+            attributes.insert("objects".into(), json!(objects));
+            serde_json::Value::Object(attributes).to_string()
+        };
+        let files = files(&store(
+            "- objectName: a\n- objectName: b\n  format: pfx\n- objectName: c\n  objectType: certificate\n  format: der\n- objectName: d\n  objectType: key\n",
+        ));
+        let outputs: Vec<_> = files.iter().map(|f| (f.object.kind, f.output, f.id.as_str())).collect();
+        assert_eq!(
+            outputs,
+            [
+                (ObjectKind::Secret, Output::Value, "secret/a"),
+                (ObjectKind::Secret, Output::Render(Format::Pfx), "secret/b"),
+                (ObjectKind::Certificate, Output::Render(Format::Der), "certificate/c"),
+                // As stored is PEM for certificates and keys (the render crate's AsStored).
+                (ObjectKind::Key, Output::Render(Format::AsStored), "key/d"),
+            ]
+        );
+        for (objects, what) in [
+            ("- objectName: a\n  objectType: cert\n", "objectType must be secret, certificate or key"),
+            ("- objectName: a\n  format: jks\n", "format must be pem"),
+            ("- objectName: a\n  objectType: key\n  format: der\n", "format must fit objectType"),
+            ("- objectName: a\n  format: pem\n  property: p\n", "property"),
+        ] {
+            refused(&store(objects), what);
+        }
+    }
+
+    #[test]
     fn tokens_in_secrets_come_first() {
         let mut attributes = pod_attributes();
         attributes.remove(TOKENS);
@@ -1065,7 +1197,7 @@ mod tests {
             ("objectName: db\nobjectType: blob", "objectType"),
             ("objectName: db\nobjectFormat: jks", "objectFormat"),
             ("objectName: db\nobjectEncoding: rot13", "objectEncoding"),
-            ("objectName: db\nobjectType: cert", "not supported yet"),
+            ("objectName: db\nobjectType: cert\nobjectFormat: pfx", "objectFormat pfx is for objectType secret"),
             ("objectName: db\nfilePermission: \"0999\"", "filePermission"),
             ("objectName: db\nfilePermission: \"4755\"", "filePermission"),
             ("objectName: db\nobjectColour: red", "objects.array[0]"),

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use crate::{
     error::Error,
+    metrics::Metrics,
     mounter::Mounter,
     params::{self, POD_NAME, POD_NAMESPACE},
     proto::provider::{
@@ -19,11 +20,12 @@ use crate::{
 
 pub struct Provider {
     mounter: Arc<Mounter>,
+    metrics: Arc<Metrics>,
 }
 
 impl Provider {
-    pub fn new(mounter: Arc<Mounter>) -> Self {
-        Self { mounter }
+    pub fn new(mounter: Arc<Mounter>, metrics: Arc<Metrics>) -> Self {
+        Self { mounter, metrics }
     }
 
     async fn mount_files(&self, request: &MountRequest) -> Result<MountResponse, Error> {
@@ -64,6 +66,7 @@ impl CsiDriverProvider for Provider {
         let pod = pod_for_logs(&request.attributes);
         match self.mount_files(&request).await {
             Ok(response) => {
+                self.metrics.publish("provider", "published", started.elapsed());
                 info!(
                     %pod,
                     files = response.files.len(),
@@ -74,7 +77,8 @@ impl CsiDriverProvider for Provider {
                 Ok(Response::new(response))
             }
             Err(error) => {
-                // The driver swallows errors on remounts: this log line is where they are seen.
+                // The driver swallows errors on remounts: this log line (and the metric) is where they are seen.
+                self.metrics.publish("provider", error.metric_label(), started.elapsed());
                 warn!(%pod, reason = error.metric_label(), %error, "mount refused");
                 Err(error.into())
             }

@@ -39,6 +39,7 @@ use crate::{
     error::{Error, Result},
     params::{AZURE_AUDIENCE, AzureSource, MountPlan, OpenBaoSource, PodInfo, PublishSecrets, Source, VaultObject},
 };
+use vaultsync_api::secret::DataFrom;
 
 /// The Key Vault REST API version the plugin speaks.
 const KEY_VAULT_API_VERSION: &str = "7.6";
@@ -58,6 +59,30 @@ pub trait VaultReader: Send + Sync {
         objects: &'a [VaultObject],
         max_age: Option<Duration>,
     ) -> BoxFuture<'a, Result<Vec<FetchedSecret>>>;
+
+    /// The keys a VaultSecret's `dataFrom` entries give, read as `reading` says. Only the store form has them.
+    fn data_from<'a>(&'a self, _reading: ReadAs<'a>, _entries: &'a [DataFrom]) -> BoxFuture<'a, Result<Vec<Found>>> {
+        Box::pin(async { Err(Error::Unimplemented { message: "dataFrom is read from a VaultSecret's store".into() }) })
+    }
+}
+
+/// Who reads, from where, and how fresh: the pod (its identity), its nodePublishSecretRef, the source, and the age
+/// above which cached reads are not taken.
+#[derive(Clone, Copy)]
+pub struct ReadAs<'a> {
+    pub pod: &'a PodInfo,
+    pub secrets: &'a PublishSecrets,
+    pub source: &'a Source,
+    pub max_age: Option<Duration>,
+}
+
+/// One key a `dataFrom` entry gave: its file name, value, and the object (id `<type>/<name>`) and version behind it.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub key: String,
+    pub value: vaultsync_backend::SecretBytes,
+    pub id: String,
+    pub version: String,
 }
 
 /// Plugin-wide settings of the inline forms (set by the cluster's admin, never by tenants).
@@ -78,6 +103,8 @@ pub struct InlineConfig {
     pub openbao_insecure_http: bool,
     /// The audience of the pod token for OpenBao when the form names none.
     pub openbao_default_audience: String,
+    /// Told of every vault and token call (the plugin's metrics).
+    pub observer: Option<vaultsync_backend::azure::CallObserver>,
     /// Calls per second per vault endpoint, and the burst.
     pub requests_per_second: u32,
     pub burst: u32,
@@ -180,7 +207,7 @@ impl InlineReader {
         }
         let endpoint = AzureEndpoint::new(self.config.http.clone(), url, KEY_VAULT_API_VERSION)
             .map_err(|e| Error::from_backend("keyvaultName", e))?
-            .metered(Some(self.budget(url)), None);
+            .metered(Some(self.budget(url)), self.config.observer.clone());
         let endpoint = Arc::new(endpoint);
         endpoints.insert(url.to_string(), endpoint.clone());
         Ok(endpoint)
@@ -292,7 +319,7 @@ impl InlineReader {
             };
             let bao = OpenBao::new(self.config.http.clone(), location, auth, principal)
                 .map_err(|e| Error::from_backend("vaultAddress", e))?
-                .metered(Some(self.budget(&server)), None);
+                .metered(Some(self.budget(&server)), self.config.observer.clone());
             Ok(Arc::new(bao))
         })
     }
@@ -312,11 +339,8 @@ impl InlineReader {
         for object in distinct {
             let backend = backend_for(object)?;
             reads.push(async move {
-                let reference = ObjectRef {
-                    name: object.name.clone(),
-                    version: object.version.clone(),
-                    kind: vaultsync_backend::ObjectKind::Secret,
-                };
+                let reference =
+                    ObjectRef { name: object.name.clone(), version: object.version.clone(), kind: object.kind };
                 let fetched = self
                     .cache
                     .get(backend.as_ref(), &reference, max_age)

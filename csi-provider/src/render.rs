@@ -8,9 +8,12 @@ use base64::{
 };
 use vaultsync_backend::{FetchedSecret, SecretBytes};
 
+use vaultsync_render::{Decoding, ObjectSpec, certificate::PKCS12_CONTENT_TYPE};
+
 use crate::{
     error::{Error, Result},
-    params::{Encoding, FileSpec, MAX_TOTAL_BYTES},
+    params::{Encoding, FileSpec, Format, MAX_TOTAL_BYTES, Output, check_path},
+    reader::Found,
 };
 
 /// One file to write.
@@ -55,7 +58,63 @@ pub fn payload(files: &[FileSpec], fetched: &[FetchedSecret]) -> Result<Payload>
     Ok(payload)
 }
 
+/// Adds the keys of a VaultSecret's `dataFrom` entries to the files of its `data` items, as the operator makes a
+/// Secret: a `data` item of the same name wins; names are checked as file names, the total stays within 1 MiB.
+pub fn with_data_from(payload: Payload, found: Vec<Found>) -> Result<Payload> {
+    let mut files = Vec::new();
+    let mut versions = Vec::new();
+    for found in found {
+        if payload.files.iter().any(|f| f.path == found.key) {
+            continue;
+        }
+        check_path(&found.key, "dataFrom")?;
+        if !versions.iter().any(|(id, _)| *id == found.id) {
+            versions.push((found.id.clone(), found.version.clone()));
+        }
+        files.push(File { path: found.key, mode: 0o644, contents: found.value });
+    }
+    files.extend(payload.files);
+    for version in payload.versions {
+        if !versions.iter().any(|(id, _)| *id == version.0) {
+            versions.push(version);
+        }
+    }
+    let payload = Payload { files, versions };
+    if payload.total_bytes() > MAX_TOTAL_BYTES {
+        return Err(Error::invalid(
+            "dataFrom",
+            format!("the files add up to more than the {MAX_TOTAL_BYTES} bytes (1 MiB) a volume may hold"),
+        ));
+    }
+    Ok(payload)
+}
+
 fn file_contents(spec: &FileSpec, secret: &FetchedSecret) -> Result<SecretBytes> {
+    let format = match spec.output {
+        Output::Value => None,
+        // A PKCS#12 certificate secret as PEM; a PEM one (or any other value) as stored, then objectEncoding.
+        Output::AzureSecret => {
+            (secret.content_type.as_deref() == Some(PKCS12_CONTENT_TYPE)).then_some(Format::Pem).map(|f| (f, None))
+        }
+        Output::Render(format) => Some((format, Some(spec.encoding))),
+    };
+    if let Some((format, decoding)) = format {
+        let decoding = match decoding {
+            None | Some(Encoding::Utf8) => Decoding::None,
+            Some(Encoding::Base64) => Decoding::Base64,
+            Some(Encoding::Base64Url) => Decoding::Base64Url,
+            Some(Encoding::Auto) => Decoding::Auto,
+            Some(Encoding::Hex) => {
+                return Err(Error::invalid(spec.place.as_str(), "hex encoding is for values, not certificates"));
+            }
+        };
+        let object =
+            ObjectSpec { object: &spec.object.name, kind: spec.object.kind, format, decoding, ..ObjectSpec::default() };
+        // Messages of the render crate name the object and the problem, never the value.
+        let rendered = vaultsync_render::render_object(secret, &object)
+            .map_err(|e| Error::invalid(spec.place.as_str(), format!("{}: {e}", spec.id)))?;
+        return Ok(rendered.value);
+    }
     let selected = match &spec.field {
         None => secret.value.clone(),
         Some(field) => {
@@ -121,10 +180,11 @@ mod tests {
         FileSpec {
             path: "f".into(),
             mode: 0o644,
-            object: VaultObject { mount: None, name: "o".into(), version: None },
+            object: VaultObject { mount: None, name: "o".into(), version: None, kind: Default::default() },
             id: "secret/o".into(),
             field: field.map(str::to_string),
             encoding,
+            output: Output::Value,
             place: "objects[0]".into(),
         }
     }

@@ -11,15 +11,20 @@ use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use kube::{Api, Client};
-use vaultsync_api::{VaultSecret, secret::Decoding};
-use vaultsync_backend::{FetchedSecret, ServiceAccount};
-use vaultsync_stores::{PodCredentials, Requester, StoreError, Stores};
+use vaultsync_api::{
+    VaultSecret,
+    secret::{DataFrom, Decoding},
+};
+use vaultsync_backend::{Endpoint, FetchedSecret, SecretBytes, ServiceAccount};
+use vaultsync_stores::{PodCredentials, Requester, StoreError, Stores, data_from};
 use zeroize::Zeroizing;
 
 use crate::{
     error::{Error, Result},
-    params::{Encoding, FileSpec, MountPlan, PodInfo, PublishSecrets, Source, StoreKind, StoreRef, VaultObject},
-    reader::{InlineReader, VaultReader},
+    params::{
+        Encoding, FileSpec, MountPlan, PodInfo, PublishSecrets, Source, StoreKind, StoreRef, VaultObject, store_output,
+    },
+    reader::{Found, InlineReader, ReadAs, VaultReader},
 };
 
 /// Resolves stores with the apiserver; hands the inline forms to the [`InlineReader`].
@@ -46,50 +51,51 @@ impl StoreReader {
             .await
             .map_err(|e| Self::unavailable(&what, e))?
             .ok_or_else(|| Error::invalid("vaultSecret", format!("there is no {what}")))?;
-        if !vs.spec.data_from.is_empty() {
-            return Err(Error::Unimplemented {
-                message: format!("vaultSecret: {what} uses dataFrom, which is not mounted yet; list its keys in data"),
-            });
-        }
-        let files = vs
-            .spec
-            .data
-            .iter()
-            .enumerate()
-            .map(|(i, data)| FileSpec {
+        let mut files = Vec::new();
+        for (i, data) in vs.spec.data.iter().enumerate() {
+            let place = format!("{what} data[{i}]");
+            let remote = &data.remote_ref;
+            if remote.password_secret_ref.is_some() || remote.pfx_password.is_some() {
+                // The plugin reads no Secrets but the volume's nodePublishSecretRef.
+                return Err(Error::Unimplemented {
+                    message: format!(
+                        "{place}: PFX passwords from Secrets or templates are not used for mounts; mount the PEM form"
+                    ),
+                });
+            }
+            let kind = vaultsync_stores::objects::object_kind(remote.object_type);
+            let format = remote.format.map(vaultsync_stores::objects::format);
+            files.push(FileSpec {
                 path: data.secret_key.clone(),
                 mode: 0o644,
-                object: VaultObject {
-                    mount: None,
-                    name: data.remote_ref.name.clone(),
-                    version: data.remote_ref.version.clone(),
-                },
-                id: format!("secret/{}", data.remote_ref.name),
-                field: data.remote_ref.property.clone(),
-                encoding: match data.remote_ref.decoding {
+                object: VaultObject { mount: None, name: remote.name.clone(), version: remote.version.clone(), kind },
+                id: format!("{kind}/{}", remote.name),
+                field: remote.property.clone(),
+                encoding: match remote.decoding {
                     Decoding::None => Encoding::Utf8,
                     Decoding::Base64 => Encoding::Base64,
                     Decoding::Base64URL => Encoding::Base64Url,
                     Decoding::Auto => Encoding::Auto,
                 },
-                place: format!("{what} data[{i}]"),
-            })
-            .collect();
+                output: store_output(kind, format),
+                place,
+            });
+        }
         let kind = match vs.spec.store_ref.kind {
             vaultsync_api::secret::StoreKind::VaultStore => StoreKind::VaultStore,
             vaultsync_api::secret::StoreKind::ClusterVaultStore => StoreKind::ClusterVaultStore,
         };
-        Ok(MountPlan { source: Source::Store(StoreRef { kind, name: vs.spec.store_ref.name.clone() }), files })
+        let source = Source::Store(StoreRef { kind, name: vs.spec.store_ref.name.clone() });
+        Ok(MountPlan { source, files, data_from: vs.spec.data_from.clone() })
     }
 
-    async fn read_store(
+    /// The store, resolved for the pod (its conditions and the pod's credential checked).
+    async fn resolve(
         &self,
         pod: &PodInfo,
         secrets: &PublishSecrets,
         store: &StoreRef,
-        objects: &[VaultObject],
-        max_age: Option<Duration>,
-    ) -> Result<Vec<FetchedSecret>> {
+    ) -> Result<vaultsync_stores::ResolvedStore> {
         let credentials = PodCredentials {
             account: ServiceAccount { namespace: pod.namespace.clone(), name: pod.service_account.clone() },
             tokens: pod.tokens.iter().map(|(audience, token)| (audience.clone(), token.token.clone())).collect(),
@@ -102,20 +108,99 @@ impl StoreReader {
             },
             name: store.name.clone(),
         };
-        let resolved =
-            self.stores.resolve(&pod.namespace, &store_ref, Requester::Pod(&credentials)).await.map_err(store_error)?;
+        self.stores.resolve(&pod.namespace, &store_ref, Requester::Pod(&credentials)).await.map_err(store_error)
+    }
+
+    async fn read_store(
+        &self,
+        pod: &PodInfo,
+        secrets: &PublishSecrets,
+        store: &StoreRef,
+        objects: &[VaultObject],
+        max_age: Option<Duration>,
+    ) -> Result<Vec<FetchedSecret>> {
+        let resolved = self.resolve(pod, secrets, store).await?;
         for object in objects {
             resolved
                 .check_object(&object.name)
                 .map_err(|e| Error::denied(format!("object {}", object.name), e.to_string()))?;
         }
         let result = self.inline.read_objects(objects, max_age, |_| Ok(resolved.backend.clone())).await;
+        self.forget_refused(&resolved, result)
+    }
+
+    /// A refused credential (a rotated secret in nodePublishSecretRef) is read anew next time.
+    fn forget_refused<T>(&self, resolved: &vaultsync_stores::ResolvedStore, result: Result<T>) -> Result<T> {
         if let Err(Error::PermissionDenied { .. }) = &result {
-            // A refused credential (a rotated secret in nodePublishSecretRef) is read anew next time.
             self.stores.forget(&resolved.key);
         }
         result
     }
+
+    /// The keys of `dataFrom` entries, by the stores crate's rules (the operator's): every field of an `extract`
+    /// object; for a `find`, one list with the pod's identity, the objects the name expression, tags and the store's
+    /// allowlist select, each read through the cache. Then each entry's `rewrite`.
+    async fn read_data_from(&self, reading: ReadAs<'_>, store: &StoreRef, entries: &[DataFrom]) -> Result<Vec<Found>> {
+        let resolved = self.resolve(reading.pod, reading.secrets, store).await?;
+        let result = self.data_from_entries(&resolved, entries, reading.max_age).await;
+        self.forget_refused(&resolved, result)
+    }
+
+    async fn data_from_entries(
+        &self,
+        resolved: &vaultsync_stores::ResolvedStore,
+        entries: &[DataFrom],
+        max_age: Option<Duration>,
+    ) -> Result<Vec<Found>> {
+        let read = |objects: Vec<VaultObject>| async move {
+            self.inline.read_objects(&objects, max_age, |_| Ok(resolved.backend.clone())).await.map(|f| (objects, f))
+        };
+        let mut out = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let place = format!("dataFrom[{index}]");
+            let problem = |p: data_from::Problem| Error::invalid(place.as_str(), p.message);
+            let mut found = Vec::new();
+            if let Some(extract) = &entry.extract {
+                resolved.check_object(&extract.name).map_err(|e| Error::denied(place.as_str(), e.to_string()))?;
+                let object = secret_object(&extract.name, extract.version.clone());
+                let (_, fetched) = read(vec![object]).await?;
+                let fetched = &fetched[0];
+                for (key, value) in data_from::extract_fields(fetched.value.expose(), &extract.name).map_err(problem)? {
+                    let (id, version) = (format!("secret/{}", extract.name), fetched.version.clone());
+                    found.push(Found { key, value: SecretBytes::new(value), id, version });
+                }
+            } else if let Some(find) = &entry.find {
+                let openbao = matches!(resolved.backend.identity().endpoint, Endpoint::OpenBao { .. });
+                let name = data_from::find_name(find, index, openbao).map_err(problem)?;
+                let listed =
+                    resolved.backend.list(&find.path).await.map_err(|e| Error::from_backend(place.as_str(), e))?;
+                let selected = data_from::selected(listed, find, name.as_ref(), |n| resolved.check_object(n).is_ok());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let names = data_from::readable(selected, find, now).map_err(problem)?.names;
+                let keys = data_from::find_keys(&names).map_err(problem)?;
+                let (objects, fetched) = read(names.iter().map(|l| secret_object(&l.name, None)).collect()).await?;
+                for ((key, object), fetched) in keys.into_iter().zip(&objects).zip(fetched) {
+                    let decoding = vaultsync_stores::objects::decoding(find.decoding);
+                    let value = vaultsync_render::decode(fetched.value.expose().to_vec(), decoding, &object.name)
+                        .map_err(|e| Error::invalid(place.as_str(), e.to_string()))?;
+                    let (id, version) = (format!("secret/{}", object.name), fetched.version);
+                    found.push(Found { key, value: SecretBytes::new(value), id, version });
+                }
+            }
+            data_from::rewrite(index, &entry.rewrite, found.iter_mut().map(|f| &mut f.key)).map_err(problem)?;
+            if let Some(taken) = found.iter().find(|f| out.iter().any(|o: &Found| o.key == f.key)) {
+                return Err(problem(data_from::earlier_entry_conflict(index, &taken.key)));
+            }
+            out.extend(found);
+        }
+        Ok(out)
+    }
+}
+
+fn secret_object(name: &str, version: Option<String>) -> VaultObject {
+    VaultObject { mount: None, name: name.to_string(), version, kind: vaultsync_backend::ObjectKind::Secret }
 }
 
 /// How a store refusal or failure reaches the kubelet.
@@ -146,6 +231,13 @@ impl VaultReader for StoreReader {
         match source {
             Source::Store(store) => Box::pin(self.read_store(pod, secrets, store, objects, max_age)),
             inline => self.inline.read(pod, secrets, inline, objects, max_age),
+        }
+    }
+
+    fn data_from<'a>(&'a self, reading: ReadAs<'a>, entries: &'a [DataFrom]) -> BoxFuture<'a, Result<Vec<Found>>> {
+        match reading.source {
+            Source::Store(store) => Box::pin(self.read_data_from(reading, store, entries)),
+            _ => Box::pin(async { Err(Error::invalid("dataFrom", "is read from a VaultSecret's store only")) }),
         }
     }
 }

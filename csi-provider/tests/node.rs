@@ -457,3 +457,69 @@ async fn bad_publish_input_is_refused_and_leaves_nothing() {
     assert_logs_free_of(&tokens_of(&pod).iter().map(String::as_str).chain(["bad-case-value"]).collect::<Vec<_>>());
     plugin.stop().await;
 }
+
+/// The `vaultsync_csi_*` lines of a scrape of `/metrics` that start with `prefix`, as (series, value).
+async fn scrape(port: u16, prefix: &str) -> BTreeMap<String, f64> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    let text = response.text().await.expect("the metrics text");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, value)| (series.to_string(), value.parse().unwrap())))
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_publishes_by_result_vault_calls_and_cache_reads() {
+    let ns = TestNamespace::new("csi-n-metrics").await;
+    let azure = web_on_azure(&ns).await;
+    azure.vault.set_secret("db-password", "metrics-value");
+    let port = vaultsync_e2e::process::free_port().expect("a free port");
+    let mut flags = azure.flags();
+    flags.extend(["--metrics-address".into(), format!("127.0.0.1:{port}")]);
+    let plugin = Plugin::start(&flags).await;
+    let parameters = azure_parameters("app-web", &[("db-password", None)]);
+
+    // Node mode: a publish, a republish before it is due, a refused publish.
+    let mut node = plugin.node().await;
+    let target = plugin.target("metrics");
+    let mut context = pod_attributes(&ns, "web", "web-0", &[AZURE_AUDIENCE]).await;
+    context.extend(parameters.clone());
+    let request = publish_request("csi-metrics", &target, context.clone());
+    node.node_publish_volume(request.clone()).await.expect("NodePublishVolume");
+    node.node_publish_volume(request).await.expect("republish");
+    let mut bad = context.clone();
+    bad.insert("objects".into(), "array: [".into());
+    node.node_publish_volume(publish_request("csi-bad", &plugin.target("bad"), bad)).await.expect_err("bad YAML");
+    // Provider mode: a second pod of the account mounts the same object (a cache hit).
+    let mut attributes = pod_attributes(&ns, "web", "web-1", &[AZURE_AUDIENCE]).await;
+    attributes.extend(parameters);
+    plugin.provider().await.mount(provider_mount(&attributes)).await.expect("Mount");
+
+    let publishes = scrape(port, "vaultsync_csi_publishes_total").await;
+    let expected = [
+        (r#"vaultsync_csi_publishes_total{mode="node",result="published"}"#, 1.0),
+        (r#"vaultsync_csi_publishes_total{mode="node",result="not_due"}"#, 1.0),
+        (r#"vaultsync_csi_publishes_total{mode="node",result="invalid_argument"}"#, 1.0),
+        (r#"vaultsync_csi_publishes_total{mode="provider",result="published"}"#, 1.0),
+    ];
+    assert_eq!(publishes, expected.iter().map(|(s, v)| (s.to_string(), *v)).collect(), "{publishes:#?}");
+    let durations = scrape(port, "vaultsync_csi_publish_duration_seconds_count").await;
+    assert_eq!(durations.values().sum::<f64>(), 4.0, "{durations:#?}");
+    // One vault read (the server counted one GET), the second pod's a cache hit.
+    assert_eq!(azure.vault.calls(Op::GetSecret), 1);
+    let calls = scrape(port, "vaultsync_csi_vault_calls_total").await;
+    assert_eq!(calls[r#"vaultsync_csi_vault_calls_total{operation="get_secret",outcome="ok"}"#], 1.0, "{calls:#?}");
+    let cache = scrape(port, "vaultsync_csi_cache_reads_total").await;
+    assert_eq!(cache[r#"vaultsync_csi_cache_reads_total{result="miss"}"#], 1.0, "{cache:#?}");
+    assert_eq!(cache[r#"vaultsync_csi_cache_reads_total{result="hit"}"#], 1.0, "{cache:#?}");
+    node.node_unpublish_volume(unpublish_request("csi-metrics", &target)).await.expect("unpublish");
+    plugin.stop().await;
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.is_err(),
+        "the endpoint stops with the plugin"
+    );
+}

@@ -53,14 +53,29 @@ pub fn image(name: &str) -> String {
 /// The tag of locally built images (the chart's default is the release's appVersion).
 pub const IMAGE_TAG: &str = "dev";
 
-/// The archive of a locally built image. The first call (re)builds every image whose program changed, as
-/// `make tools` does: the script is cached, and one cargo invocation for all images keeps cargo from rebuilding
-/// between the two. When nothing changed it only asks cargo, which answers in a moment.
+/// The images a test binary builds when it does not need every image: see [`build_only`].
+static SELECTED: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Limits the images this test binary builds to `names` and the sandbox image (a binary that runs no operator pod
+/// need not build the operator's static binary). Call it before the control plane with a node starts; later calls
+/// change nothing.
+pub fn build_only(names: &[&str]) {
+    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    if !names.iter().any(|n| n == PAUSE_IMAGE) {
+        names.insert(0, PAUSE_IMAGE.to_string());
+    }
+    let _ = SELECTED.set(names);
+}
+
+/// The archive of a locally built image. The first call (re)builds every image whose program changed (or those of
+/// [`build_only`]), as `make tools` does: the script is cached, and one cargo invocation for all images keeps cargo
+/// from rebuilding between the two. When nothing changed it only asks cargo, which answers in a moment.
 fn archive(name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let out = Command::new(repo_root().join("scripts/build-images.sh"))
+                .args(SELECTED.get().into_iter().flatten())
                 .env("VAULTSYNC_CACHE", cache_dir())
                 .output()
                 .map_err(|e| format!("running scripts/build-images.sh: {e}"))?;
@@ -76,6 +91,9 @@ fn archive(name: &str) -> anyhow::Result<PathBuf> {
         })
         .clone()
         .map_err(anyhow::Error::msg)?;
+    if let Some(selected) = SELECTED.get() {
+        anyhow::ensure!(selected.iter().any(|n| n == name), "image {name} is not among build_only's {selected:?}");
+    }
     let path = cache_dir().join("images").join(format!("{name}.tar"));
     anyhow::ensure!(path.exists(), "no image {name}: is it in images/images.list?");
     Ok(path)
@@ -108,6 +126,12 @@ impl Node {
     /// The Node object's name (also its address).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The kubelet's root folder (`--root-dir`): `plugins_registry/` is where CSI plugins register, `pods/` holds the
+    /// pods' volumes. `controlplane up` puts it beside containerd's socket, in the node's folder.
+    pub fn kubelet_dir(&self) -> PathBuf {
+        self.socket.parent().map(|dir| dir.join("kubelet")).unwrap_or_default()
     }
 }
 

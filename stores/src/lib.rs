@@ -6,6 +6,8 @@
 
 mod build;
 pub mod credentials;
+pub mod data_from;
+pub mod objects;
 pub mod tenancy;
 
 use std::{

@@ -93,12 +93,13 @@ impl Plugin {
         argv.extend(extra.iter().cloned());
         let args = vaultsync_csi::Args::parse_from(argv);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let inline = std::sync::Arc::new(vaultsync_csi::inline_reader(&args).expect("the inline reader"));
+        let metrics = vaultsync_csi::metrics::Metrics::new();
+        let inline = std::sync::Arc::new(vaultsync_csi::inline_reader(&args, &metrics).expect("the inline reader"));
         let reader: std::sync::Arc<dyn vaultsync_csi::reader::VaultReader> = match client {
-            Some(client) => std::sync::Arc::new(vaultsync_csi::store_reader(&args, client, inline)),
+            Some(client) => std::sync::Arc::new(vaultsync_csi::store_reader(&args, client, inline, &metrics)),
             None => inline,
         };
-        let task = tokio::spawn(vaultsync_csi::run_with_reader(args, reader, async move {
+        let task = tokio::spawn(vaultsync_csi::run_with_reader(args, reader, metrics, async move {
             let _ = stopped.await;
         }));
         let plugin = Plugin { dir, stop: Some(stop), task: Some(task) };
@@ -291,6 +292,53 @@ impl Azure {
             "--azure-vault-endpoint".into(),
             format!("{VAULT_NAME}={}", self.vault.url()),
         ]
+    }
+}
+
+/// An Azure store on the test servers with workload identity. Its `serviceAccountRef` is the
+/// operator's reader; the CSI side uses each pod's own account instead.
+pub fn azure_store(azure: &Azure, client_id: &str, namespace: &str) -> serde_json::Value {
+    json!({ "azureKeyVault": {
+        "vaultUrl": azure.vault.url(), "tenantId": TENANT, "cloud": "Custom",
+        "authorityHost": azure.entra.authority_host(), "caBundle": TestCa::shared().ca_pem(),
+        "auth": { "workloadIdentity": {
+            "serviceAccountRef": { "name": "operator-reader", "namespace": namespace }, "clientId": client_id } },
+    }})
+}
+
+/// vaultsync's CRDs, the service account `web` in `ns`, and the Azure test servers with `web` federated as the
+/// application `app-web`.
+pub async fn web_on_azure(ns: &TestNamespace) -> Azure {
+    vaultsync_e2e::install_crds(&ns.client).await;
+    service_account(ns, "web").await;
+    Azure::start(ns, &[("web", "app-web")]).await
+}
+
+/// VaultStore `kv` on the Azure test servers (workload identity with `client_id`, which the CSI side uses with each
+/// pod's own account) and VaultSecret `name` reading from it: `spec` is its `data` and `dataFrom`.
+pub async fn apply_vault_secret(ns: &TestNamespace, azure: &Azure, client_id: &str, name: &str, mut spec: Value) {
+    use kube::api::{Patch, PatchParams};
+    let apply = PatchParams::apply("test").force();
+    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
+        "spec": { "provider": azure_store(azure, client_id, &ns.name) } });
+    ns.api::<vaultsync_api::VaultStore>().patch("kv", &apply, &Patch::Apply(&store)).await.expect("VaultStore");
+    spec["storeRef"] = json!({ "name": "kv" });
+    let vault_secret = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+        "metadata": { "name": name }, "spec": spec });
+    ns.api::<vaultsync_api::VaultSecret>()
+        .patch(name, &apply, &Patch::Apply(&vault_secret))
+        .await
+        .expect("VaultSecret");
+}
+
+/// A provider Mount request as the Secrets Store CSI Driver sends it, without nodePublishSecretRef secrets.
+pub fn provider_mount(attributes: &BTreeMap<String, String>) -> vaultsync_csi::proto::provider::MountRequest {
+    vaultsync_csi::proto::provider::MountRequest {
+        attributes: serde_json::to_string(attributes).expect("attributes JSON"),
+        secrets: "{}".into(),
+        target_path: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/secrets/mount".into(),
+        permission: "420".into(),
+        current_object_version: Vec::new(),
     }
 }
 

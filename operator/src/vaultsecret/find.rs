@@ -10,15 +10,12 @@ use std::{
 };
 
 use k8s_openapi::jiff::Timestamp;
-use regex::{Regex, RegexBuilder};
 use vaultsync_api::secret::{FindRef, Rewrite};
-use vaultsync_backend::{Listed, ObjectRef as VaultObject, SecretBytes};
+use vaultsync_backend::{ObjectRef as VaultObject, SecretBytes};
+use vaultsync_stores::data_from;
 
 use super::{Context, data_from::Entries, status::NotSynced};
 use crate::render;
-
-/// Compiled regular expressions may take at most this much memory (the pattern is bounded at admission too).
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// What one find read last time, per object.
 #[derive(Clone)]
@@ -56,70 +53,9 @@ impl FindMemory {
     }
 }
 
-pub(super) fn regex(pattern: &str, what: &str) -> Result<Regex, NotSynced> {
-    RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| NotSynced::invalid_spec(format!("{what} is not a usable regular expression: {e}")))
-}
-
-fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= 253 && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-}
-
-/// Applies `rewrite` to the keys of one `dataFrom` entry; a key that becomes invalid or collides is refused.
+/// Applies `rewrite` to the keys of one `dataFrom` entry (the stores crate's rules).
 pub(super) fn rewrite(index: usize, rules: &[Rewrite], entries: &mut Entries) -> Result<(), NotSynced> {
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let compiled: Vec<(Regex, &str)> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            Ok((regex(&r.regexp.source, &format!("dataFrom[{index}].rewrite[{i}]"))?, r.regexp.target.as_str()))
-        })
-        .collect::<Result<_, NotSynced>>()?;
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for (key, _, _) in &mut entries.keys {
-        let original = key.clone();
-        for (pattern, target) in &compiled {
-            *key = pattern.replace_all(key, *target).into_owned();
-        }
-        if !valid_key(key) {
-            return Err(NotSynced::invalid_spec(format!(
-                "dataFrom[{index}].rewrite turns the key {original:?} into {key:?}, which is not a valid Secret key"
-            )));
-        }
-        if let Some(first) = seen.insert(key.clone(), original.clone()) {
-            return Err(NotSynced::new(
-                "KeyConflict",
-                format!("dataFrom[{index}].rewrite turns both {first:?} and {original:?} into the key {key:?}"),
-                Duration::from_secs(120),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The key an object's name becomes: its last path segment, with characters a Secret key cannot hold as `_`.
-fn key_of(name: &str) -> String {
-    name.rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
-        .collect()
-}
-
-/// The objects a find selects among those listed: the allowlist, the name expression and the tags.
-fn selected(listed: Vec<Listed>, find: &FindRef, name: Option<&Regex>, allowed: impl Fn(&str) -> bool) -> Vec<Listed> {
-    listed
-        .into_iter()
-        .filter(|l| allowed(&l.name))
-        .filter(|l| name.is_none_or(|re| re.is_match(&l.name)))
-        .filter(|l| find.tags.iter().all(|(k, v)| l.tags.get(k) == Some(v)))
-        .collect()
+    Ok(data_from::rewrite(index, rules, entries.keys.iter_mut().map(|(key, _, _)| key))?)
 }
 
 /// Runs one `dataFrom.find` for the VaultSecret `owner` (its UID), entry `index`.
@@ -131,51 +67,18 @@ pub(super) async fn find(
     index: usize,
     max_age: Option<Duration>,
 ) -> Result<Entries, NotSynced> {
-    let name =
-        find.name.as_ref().map(|n| regex(&n.regexp, &format!("dataFrom[{index}].find.name.regexp"))).transpose()?;
     let openbao = matches!(store.backend.identity().endpoint, vaultsync_backend::Endpoint::OpenBao { .. });
-    if !find.tags.is_empty() && openbao {
-        return Err(NotSynced::invalid_spec(format!(
-            "dataFrom[{index}].find.tags select Azure Key Vault objects; OpenBao and Vault secrets have no tags"
-        )));
-    }
+    let name = data_from::find_name(find, index, openbao)?;
     let listed = store.backend.list(&find.path).await?;
     let now = Timestamp::now().as_second();
-    let mut found = Entries::default();
-    let mut names = Vec::new();
-    for listed in selected(listed, find, name.as_ref(), |n| store.check_object(n).is_ok()) {
-        match listed.unreadable(now) {
-            Some(reason) => found.skipped.push((listed.name, reason)),
-            None => names.push(listed),
-        }
-    }
-    // An empty result (a renamed or deleted folder, a narrowed allowlist) must not empty the Secret: refuse it.
-    if names.is_empty() {
-        let skipped = if found.skipped.is_empty() {
-            String::new()
-        } else {
-            format!(" ({} found cannot be read: disabled, expired or not yet valid)", found.skipped.len())
-        };
-        return Err(NotSynced::new(
-            "NoObjectsFound",
-            format!("dataFrom.find found no object under {:?} that this namespace may read{skipped}", find.path),
-            Duration::from_secs(120),
-        ));
-    }
+    let selected = data_from::selected(listed, find, name.as_ref(), |n| store.check_object(n).is_ok());
+    let data_from::Readable { names, skipped } = data_from::readable(selected, find, now)?;
+    let keys = data_from::find_keys(&names)?;
+    let mut found = Entries { keys: Vec::new(), skipped };
     let memory_key = (owner, index);
     let remembered = ctx.find_memory.get(&memory_key);
     let mut read = BTreeMap::new();
-    let mut origin = BTreeMap::new();
-    for listed in names {
-        let key = key_of(&listed.name);
-        // Two names that become one key would overwrite each other: refuse, naming both.
-        if let Some(first) = origin.insert(key.clone(), listed.name.clone()) {
-            return Err(NotSynced::new(
-                "KeyConflict",
-                format!("dataFrom.find: {first:?} and {:?} both become the Secret key {key:?}", listed.name),
-                Duration::from_secs(120),
-            ));
-        }
+    for (listed, key) in names.into_iter().zip(keys) {
         let unchanged = remembered
             .get(&listed.name)
             .filter(|r| listed.updated == Some(r.updated) && r.updated < r.read_at)
@@ -210,60 +113,4 @@ pub(super) async fn find(
     }
     ctx.find_memory.set(memory_key, read);
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn listed(name: &str, tags: &[(&str, &str)]) -> Listed {
-        Listed {
-            name: name.into(),
-            enabled: true,
-            not_before: None,
-            expires: None,
-            updated: Some(1),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
-    }
-
-    #[test]
-    fn names_tags_and_allowlists_select() {
-        let all = vec![
-            listed("app-db", &[("env", "prod"), ("team", "a")]),
-            listed("app-cache", &[("env", "dev")]),
-            listed("other-db", &[("env", "prod")]),
-            listed("app-secret", &[("env", "prod")]),
-        ];
-        let find = FindRef {
-            path: String::new(),
-            name: None,
-            tags: [("env".to_string(), "prod".to_string())].into(),
-            decoding: Default::default(),
-        };
-        let name = regex("^app-", "test").unwrap();
-        let names = |l: Vec<Listed>| l.into_iter().map(|l| l.name).collect::<Vec<_>>();
-        assert_eq!(names(selected(all.clone(), &find, Some(&name), |_| true)), ["app-db", "app-secret"]);
-        assert_eq!(names(selected(all, &find, Some(&name), |n| n != "app-secret")), ["app-db"]);
-        assert!(regex("(unclosed", "x").is_err());
-        assert!(regex("a{1000}{1000}", "x").is_err(), "a regex too large to compile is refused");
-    }
-
-    #[test]
-    fn rewrites_apply_in_order_and_refuse_collisions_and_bad_keys() {
-        let rule = |source: &str, target: &str| Rewrite {
-            regexp: vaultsync_api::secret::RewriteRegexp { source: source.into(), target: target.into() },
-        };
-        let entries = |keys: &[&str]| Entries {
-            keys: keys.iter().map(|k| (k.to_string(), SecretBytes::new(vec![]), "v".to_string())).collect(),
-            skipped: vec![],
-        };
-        let mut e = entries(&["app-db-password", "app-db-user"]);
-        rewrite(0, &[rule("^app-", ""), rule("-", "_")], &mut e).unwrap();
-        assert_eq!(e.keys.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(), ["db_password", "db_user"]);
-        let mut e = entries(&["a-x", "b-x"]);
-        assert_eq!(rewrite(0, &[rule("^.-", "")], &mut e).unwrap_err().reason, "KeyConflict");
-        let mut e = entries(&["a"]);
-        assert_eq!(rewrite(0, &[rule("a", "/")], &mut e).unwrap_err().reason, "InvalidSpec");
-    }
 }

@@ -9,12 +9,13 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::Api;
 use vaultsync_api::secret::{Format as ApiFormat, ObjectType, RemoteRef, SecretData as DataItem, SecretKeyRef};
-use vaultsync_backend::{FetchedSecret, ObjectKind, ObjectRef as VaultObject, SecretBytes};
+use vaultsync_backend::{FetchedSecret, ObjectRef as VaultObject, SecretBytes};
 use vaultsync_render::{
     Format, ObjectSpec, RenderError, Templates,
     certificate::{PEM_CONTENT_TYPE, PKCS12_CONTENT_TYPE, Validity},
     object,
 };
+use vaultsync_stores::objects;
 use zeroize::Zeroizing;
 
 use super::{Sync, status::NotSynced};
@@ -24,22 +25,11 @@ pub(super) const TLS_TYPE: &str = "kubernetes.io/tls";
 
 /// The object a `data` item reads.
 pub(super) fn vault_object(remote: &RemoteRef) -> VaultObject {
-    let kind = match remote.object_type {
-        ObjectType::Secret => ObjectKind::Secret,
-        ObjectType::Certificate => ObjectKind::Certificate,
-        ObjectType::Key => ObjectKind::Key,
-    };
-    VaultObject::secret(remote.name.clone(), remote.version.clone()).of_kind(kind)
+    VaultObject::secret(remote.name.clone(), remote.version.clone()).of_kind(objects::object_kind(remote.object_type))
 }
 
 fn format(format: Option<ApiFormat>) -> Format {
-    match format {
-        None => Format::AsStored,
-        Some(ApiFormat::Pem) => Format::Pem,
-        Some(ApiFormat::Pfx) => Format::Pfx,
-        Some(ApiFormat::Der) => Format::Der,
-        Some(ApiFormat::Jwk) => Format::Jwk,
-    }
+    format.map(objects::format).unwrap_or_default()
 }
 
 /// What the `data` items gave.

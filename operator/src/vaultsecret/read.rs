@@ -67,11 +67,7 @@ impl Sync<'_> {
             skipped.extend(entries.skipped);
             for (key, value, version) in entries.keys {
                 if data.contains_key(&key) {
-                    return Err(NotSynced::new(
-                        "KeyConflict",
-                        format!("dataFrom[{index}] gives the key {key:?}, which an earlier dataFrom entry gives too"),
-                        std::time::Duration::from_secs(120),
-                    ));
+                    return Err(vaultsync_stores::data_from::earlier_entry_conflict(index, &key).into());
                 }
                 data.insert(key.clone(), value);
                 versions.insert(key, version);

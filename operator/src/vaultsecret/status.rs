@@ -79,6 +79,13 @@ impl From<vaultsync_backend::Error> for NotSynced {
     }
 }
 
+impl From<vaultsync_stores::data_from::Problem> for NotSynced {
+    fn from(problem: vaultsync_stores::data_from::Problem) -> Self {
+        let retry = problem.retry();
+        NotSynced::new(problem.reason, problem.message, retry)
+    }
+}
+
 impl From<RenderError> for NotSynced {
     fn from(e: RenderError) -> Self {
         NotSynced::new(e.reason(), e.to_string(), Duration::from_secs(120))
