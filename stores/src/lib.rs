@@ -162,14 +162,7 @@ pub struct ResolvedStore {
 impl ResolvedStore {
     /// Refuses objects outside the namespace's allowlist before anything is fetched.
     pub fn check_object(&self, object: &str) -> Result<(), StoreError> {
-        match &self.allowed_objects {
-            Some(globs) if !globs.iter().any(|g| tenancy::glob_match(g, object)) => Err(StoreError::ObjectNotAllowed {
-                store: self.key.clone(),
-                namespace: self.namespace.clone(),
-                object: object.to_string(),
-            }),
-            _ => Ok(()),
-        }
+        tenancy::check_object(&self.key, &self.namespace, self.allowed_objects.as_deref(), object)
     }
 }
 
@@ -312,11 +305,7 @@ impl Stores {
                 } else {
                     None
                 };
-                let matching = tenancy::matching(conditions, namespace, labels.as_ref());
-                if matching.is_empty() {
-                    return Err(StoreError::NamespaceNotAllowed { store: key, namespace: namespace.into() });
-                }
-                let allowed_objects = tenancy::allowed_objects(&matching);
+                let allowed_objects = tenancy::admit(&key, conditions, namespace, labels.as_ref())?;
                 Ok(Found {
                     key,
                     generation: store.metadata.generation.unwrap_or_default(),
