@@ -37,37 +37,46 @@ async fn entries(
     (owner, index): (String, usize),
     max_age: Option<Duration>,
 ) -> Result<Entries, NotSynced> {
-    let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
     if let Some(extract) = &source.extract {
         store.check_object(&extract.name)?;
         let object = VaultObject::secret(extract.name.clone(), extract.version.clone());
         let secret = ctx.cache.get(store.backend.as_ref(), &object, max_age).await?;
         super::objects::check_usable(&object, &secret)?;
-        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(secret.value.expose())
-            .map_err(|_| {
-                NotSynced::new(
-                    "InvalidValue",
-                    format!("{} is not a JSON object, so its fields cannot be extracted", extract.name),
-                    Duration::from_secs(120),
-                )
-            })?;
-        let mut entries = Vec::new();
-        for (field, value) in fields {
-            if !valid_key(&field) {
-                return Err(NotSynced::new(
-                    "InvalidValue",
-                    format!("{} has the field {field:?}, which is not a valid Secret key", extract.name),
-                    Duration::from_secs(120),
-                ));
-            }
-            let bytes = match value {
-                serde_json::Value::String(text) => text.into_bytes(),
-                other => other.to_string().into_bytes(),
-            };
-            entries.push((field, SecretBytes::new(bytes), secret.version.clone()));
-        }
-        return Ok(Entries { keys: entries, skipped: Vec::new() });
+        let keys = extract_fields(&extract.name, &secret.value, &secret.version)?;
+        return Ok(Entries { keys, skipped: Vec::new() });
     }
     let Some(find) = &source.find else { return Ok(Entries::default()) };
     super::find::find(ctx, store, find, owner, index, max_age).await
+}
+
+/// `extract`: every field of a JSON object value as a key (string fields as text, others as JSON), with `version`.
+pub(super) fn extract_fields(
+    name: &str,
+    value: &SecretBytes,
+    version: &str,
+) -> Result<Vec<(String, SecretBytes, String)>, NotSynced> {
+    let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(value.expose()).map_err(|_| {
+        NotSynced::new(
+            "InvalidValue",
+            format!("{name} is not a JSON object, so its fields cannot be extracted"),
+            Duration::from_secs(120),
+        )
+    })?;
+    let mut entries = Vec::new();
+    for (field, value) in fields {
+        if !valid_key(&field) {
+            return Err(NotSynced::new(
+                "InvalidValue",
+                format!("{name} has the field {field:?}, which is not a valid Secret key"),
+                Duration::from_secs(120),
+            ));
+        }
+        let bytes = match value {
+            serde_json::Value::String(text) => text.into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        entries.push((field, SecretBytes::new(bytes), version.to_string()));
+    }
+    Ok(entries)
 }

@@ -103,7 +103,7 @@ pub(super) fn rewrite(index: usize, rules: &[Rewrite], entries: &mut Entries) ->
 }
 
 /// The key an object's name becomes: its last path segment, with characters a Secret key cannot hold as `_`.
-fn key_of(name: &str) -> String {
+pub(super) fn key_of(name: &str) -> String {
     name.rsplit('/')
         .next()
         .unwrap_or_default()
@@ -113,7 +113,12 @@ fn key_of(name: &str) -> String {
 }
 
 /// The objects a find selects among those listed: the allowlist, the name expression and the tags.
-fn selected(listed: Vec<Listed>, find: &FindRef, name: Option<&Regex>, allowed: impl Fn(&str) -> bool) -> Vec<Listed> {
+pub(super) fn selected(
+    listed: Vec<Listed>,
+    find: &FindRef,
+    name: Option<&Regex>,
+    allowed: impl Fn(&str) -> bool,
+) -> Vec<Listed> {
     listed
         .into_iter()
         .filter(|l| allowed(&l.name))

@@ -52,6 +52,7 @@ mod cleanup;
 mod data_from;
 mod find;
 mod objects;
+pub mod offline;
 pub mod plan;
 mod read;
 mod status;
