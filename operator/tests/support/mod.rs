@@ -188,6 +188,21 @@ impl Env {
             .expect("applying the store");
     }
 
+    /// Applies a ClusterVaultStore `name` on the test's vault, reading with the test namespace's account, open to
+    /// the namespaces `conditions` name.
+    pub async fn apply_cluster_store(&self, name: &str, conditions: Value) {
+        let mut spec = self.store_spec();
+        spec["provider"]["azureKeyVault"]["auth"]["workloadIdentity"]["serviceAccountRef"]["namespace"] =
+            json!(self.ns.name);
+        spec["conditions"] = conditions;
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "ClusterVaultStore",
+            "metadata": { "name": name }, "spec": spec });
+        kube::Api::<vaultsync_api::ClusterVaultStore>::all(self.ns.client.clone())
+            .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
+            .await
+            .expect("applying the ClusterVaultStore");
+    }
+
     /// Applies a VaultSecret (as a user would, with kubectl apply).
     pub async fn apply_vault_secret(&self, name: &str, spec: Value) {
         let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",

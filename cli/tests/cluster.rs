@@ -1,0 +1,248 @@
+//! The commands against the real local control plane, with the operator running in process with the chart's rights
+//! (the operator tests' support): `status`, `why` for each failure reason, `sync`, and `migrate`'s output applied to
+//! the apiserver and synced.
+
+#[path = "../../operator/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use kube::{
+    Api,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    discovery::ApiResource,
+};
+use serde_json::{Value, json};
+use support::{CLIENT_ID, Env, READER_SA, TENANT, one_key};
+use vaultsync_api::ClusterVaultStore;
+use vaultsync_cli::{Cli, Kube, Output};
+use vaultsync_e2e::eventually;
+
+async fn cli(env: &Env, args: &[&str]) -> Output {
+    let cli = Cli::try_parse_from(std::iter::once("kubectl-vaultsync").chain(args.iter().copied())).expect("arguments");
+    let kube = Kube { client: env.ns.client.clone(), namespace: env.ns.name.clone() };
+    vaultsync_cli::run_in(&kube, &cli.command).await.expect("the command runs")
+}
+
+async fn deployment_using(env: &Env, name: &str, secret: &str) {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "selector": { "matchLabels": { "app": name } }, "template": {
+            "metadata": { "labels": { "app": name } },
+            "spec": { "containers": [{ "name": "app", "image": "example", "envFrom": [{ "secretRef": { "name": secret } }] }] },
+        } },
+    }))
+    .expect("a Deployment");
+    env.ns.api::<Deployment>().create(&PostParams::default(), &deployment).await.expect("creating the Deployment");
+}
+
+#[tokio::test]
+async fn status_lists_vault_secrets_stores_and_the_workloads_using_them() {
+    let env = Env::start("cli-status").await;
+    env.vault.set_secret("db-password", "status-value-1");
+    env.apply_vault_secret("app", one_key("password", "db-password")).await;
+    env.wait_secret_value("app", "password", "status-value-1").await;
+    deployment_using(&env, "web", "app").await;
+    deployment_using(&env, "other", "unrelated").await;
+    let report: Value = eventually(Duration::from_secs(20), "the store to be Ready in status", || {
+        let env = &env;
+        async move {
+            let out = cli(env, &["status", "-o", "json"]).await;
+            let report: Value = serde_json::from_str(&out.text).expect("status -o json is JSON");
+            (report["stores"][0]["ready"] == "True").then_some(report)
+        }
+    })
+    .await;
+    let row = &report["vaultSecrets"][0];
+    assert_eq!(row["name"], "app");
+    assert_eq!(row["store"], "VaultStore/kv");
+    assert_eq!(row["ready"], "True");
+    assert_eq!(row["reason"], "Synced", "{row}");
+    assert_eq!(row["workloads"], json!(["Deployment/web"]));
+    assert!(row["lastSync"].is_string() && row["nextRefresh"].is_string(), "{row}");
+    assert_eq!(report["stores"][0]["name"], "kv");
+    let table = cli(&env, &["status"]).await.text;
+    assert!(table.contains("VAULTSECRET") && table.contains("Deployment/web"), "{table}");
+    let yaml: Value = serde_yaml::from_str(&cli(&env, &["status", "-o", "yaml"]).await.text).expect("YAML");
+    assert_eq!(yaml["vaultSecrets"][0]["name"], "app");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn sync_forces_a_read_and_waits_for_the_result() {
+    let env = Env::start("cli-sync").await;
+    env.vault.set_secret("rotating", "sync-value-1");
+    env.apply_vault_secret("app", one_key("value", "rotating")).await;
+    env.wait_secret_value("app", "value", "sync-value-1").await;
+    env.vault.set_secret("rotating", "sync-value-2");
+    let out = cli(&env, &["sync", "app", "-q"]).await;
+    assert_eq!(out.code, 0, "{}", out.text);
+    assert!(out.text.starts_with("synced "), "{}", out.text);
+    // The command returned once the operator acted: the new value is there already.
+    let secret = env.secret("app").await.expect("the Secret");
+    assert_eq!(secret.data.expect("data")["value"].0, b"sync-value-2");
+    // A failing sync is reported with the reason and a pointer to `why`.
+    env.apply_vault_secret("broken", one_key("value", "rotating")).await;
+    env.wait_reason("broken", "Synced").await;
+    env.vault.forbid("rotating");
+    let out = cli(&env, &["sync", "broken", "-q", "--timeout", "20s"]).await;
+    assert_eq!(out.code, 1, "{}", out.text);
+    assert!(
+        out.text.contains("did not sync (Forbidden)") && out.text.contains("kubectl vaultsync why"),
+        "{}",
+        out.text
+    );
+    env.finish().await;
+}
+
+/// A ClusterVaultStore on the test's vault with `conditions`, named after the test's namespace.
+async fn cluster_store(env: &Env, conditions: Value) -> String {
+    let name = format!("{}-shared", env.ns.name);
+    env.apply_cluster_store(&name, conditions).await;
+    name
+}
+
+/// `why NAME` exits 1 with a line holding `expected`.
+async fn assert_wrong(env: &Env, name: &str, expected: &str) {
+    let out = cli(env, &["why", name]).await;
+    assert_eq!(out.code, 1, "{}", out.text);
+    assert!(out.text.contains(expected), "why {name}: expected {expected:?} in {:?}", out.text);
+}
+
+#[tokio::test]
+async fn why_names_what_is_wrong_and_the_fix() {
+    let env = Env::start("cli-why").await;
+    env.vault.set_secret("team-a-db", "why-value-1");
+    assert_wrong(&env, "nothing-here", "does not exist").await;
+
+    let mut spec = one_key("password", "team-a-db");
+    spec["storeRef"]["name"] = json!("no-such-store");
+    env.apply_vault_secret("missing-store", spec).await;
+    let missing = format!("VaultStore/{}/no-such-store does not exist: create it", env.ns.name);
+    assert_wrong(&env, "missing-store", &missing).await;
+
+    let elsewhere = cluster_store(&env, json!([{ "namespaces": ["some-other-namespace"] }])).await;
+    let mut spec = one_key("password", "team-a-db");
+    spec["storeRef"] = json!({ "kind": "ClusterVaultStore", "name": elsewhere });
+    env.apply_vault_secret("refused-namespace", spec).await;
+    let refused = format!("may not be used from namespace {0}: add {0} to spec.conditions", env.ns.name);
+    assert_wrong(&env, "refused-namespace", &refused).await;
+
+    cluster_store(&env, json!([{ "namespaces": [env.ns.name], "allowedObjects": ["team-b-*"] }])).await;
+    assert_wrong(&env, "refused-namespace", "to read team-a-db: add a glob matching team-a-db to allowedObjects").await;
+
+    env.apply_vault_secret("absent-object", one_key("password", "not-in-the-vault")).await;
+    env.wait_reason("absent-object", "NotFound").await;
+    assert_wrong(&env, "absent-object", "(NotFound): create the object in the vault").await;
+
+    let taken = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("taken".into()), ..Default::default() },
+        ..Default::default()
+    };
+    env.ns.api::<Secret>().create(&PostParams::default(), &taken).await.expect("someone's Secret");
+    let mut spec = one_key("password", "team-a-db");
+    spec["target"] = json!({ "name": "taken" });
+    env.apply_vault_secret("conflict", spec).await;
+    assert_wrong(&env, "conflict", "Secret taken exists and was not created by this VaultSecret").await;
+
+    let mut spec = one_key("password", "team-a-db");
+    spec["target"] = json!({ "template": { "data": { "x": "{{ password | nosuchfilter }}" } } });
+    env.apply_vault_secret("bad-template", spec).await;
+    env.wait_reason("bad-template", "TemplateError").await;
+    assert_wrong(&env, "bad-template", "(TemplateError): fix the template").await;
+
+    env.apply_vault_secret("fine", one_key("password", "team-a-db")).await;
+    env.wait_reason("fine", "Synced").await;
+    let out = cli(&env, &["why", "fine"]).await;
+    assert_eq!(out.code, 0, "{}", out.text);
+    assert!(out.text.starts_with("nothing is wrong"), "{}", out.text);
+
+    Api::<ClusterVaultStore>::all(env.ns.client.clone())
+        .delete(&elsewhere, &DeleteParams::default())
+        .await
+        .expect("deleting the ClusterVaultStore");
+    env.finish().await;
+}
+
+fn data(name: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name))
+        .expect("test data")
+}
+
+/// Applies a migrated resource into the test's namespace (cluster-scoped ones as they are); the apiserver's
+/// admission (schema and CEL rules) must accept it. Returns the name it was applied under.
+async fn apply(env: &Env, mut resource: Value) -> String {
+    let kind = resource["kind"].as_str().expect("a kind").to_string();
+    let plural = match kind.as_str() {
+        "VaultSecret" => "vaultsecrets",
+        "VaultStore" => "vaultstores",
+        "ClusterVaultStore" => "clustervaultstores",
+        other => panic!("migrate made a {other}"),
+    };
+    let resource_type = ApiResource {
+        group: "vaultsync.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "vaultsync.dev/v1alpha1".into(),
+        kind: kind.clone(),
+        plural: plural.into(),
+    };
+    let mut name = resource["metadata"]["name"].as_str().expect("a name").to_string();
+    let api: Api<DynamicObject> = if kind == "ClusterVaultStore" {
+        // Cluster-wide: unique per test, and open to the test's namespace rather than the example's.
+        name = format!("{}-{name}", env.ns.name);
+        resource["metadata"]["name"] = json!(name);
+        resource["spec"]["conditions"] = json!([{ "namespaces": [env.ns.name] }]);
+        Api::all_with(env.ns.client.clone(), &resource_type)
+    } else {
+        resource["metadata"]["namespace"] = json!(env.ns.name);
+        Api::namespaced_with(env.ns.client.clone(), &env.ns.name, &resource_type)
+    };
+    let object: DynamicObject = serde_json::from_value(resource).expect("an object");
+    api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|e| panic!("the apiserver refused the migrated {kind} {name}: {e}"));
+    if kind == "ClusterVaultStore" {
+        api.delete(&name, &DeleteParams::default()).await.expect("deleting the ClusterVaultStore");
+    }
+    name
+}
+
+#[tokio::test]
+async fn migrated_resources_are_admitted_and_synced() {
+    let env = Env::start("cli-migrate").await;
+    // Admission: every example converts into resources the apiserver accepts.
+    for file in ["eso-vault.yaml", "akv2k8s.yaml"] {
+        let migration = vaultsync_cli::migrate::migrate(&data(file)).expect("migrates");
+        assert!(!migration.resources.is_empty(), "{file}");
+        for resource in migration.resources {
+            apply(&env, resource).await;
+        }
+    }
+    // Synced: the ESO example, pointed at the test vault, gives the Secret ESO would have made.
+    env.vault.set_secret("billing-db-password", "migrate-value-1");
+    env.vault.set_secret("billing-db-config", r#"{"user":"billing-app"}"#);
+    env.vault.set_secret("billing-flags", r#"{"beta":"on"}"#);
+    let text = data("eso-azure.yaml")
+        .replace("https://example-vault.vault.azure.net/", &env.vault.url())
+        .replace("example-tenant", TENANT)
+        .replace("vaultsync-reader", READER_SA)
+        .replace("client-id: app-reader", &format!("client-id: {CLIENT_ID}"));
+    let migration = vaultsync_cli::migrate::migrate(&text).expect("migrates");
+    for mut resource in migration.resources {
+        if resource["kind"] == "VaultStore" {
+            // What only the test environment needs: its Entra server and CA (ESO's azurekv has no such fields).
+            let test_store = env.store_spec();
+            let azure = &mut resource["spec"]["provider"]["azureKeyVault"];
+            for field in ["cloud", "authorityHost", "caBundle"] {
+                azure[field] = test_store["provider"]["azureKeyVault"][field].clone();
+            }
+        }
+        apply(&env, resource).await;
+    }
+    let secret =
+        env.wait_secret_value("db-credentials", "url", "postgres://billing-app:migrate-value-1@db:5432/billing").await;
+    assert_eq!(secret.data.expect("data")["password"].0, b"migrate-value-1");
+    env.finish().await;
+}
