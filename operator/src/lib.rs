@@ -41,6 +41,10 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     );
     // A misconfigured Event Grid endpoint (no key file, unreadable or weak key) fails the start.
     let event_grid = eventgrid::Config::from_args(&args)?;
+    if let Some(path) = &args.audit_log {
+        vaultsync_backend::audit::write_to(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+    }
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.context("binding the metrics address")?;

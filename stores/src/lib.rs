@@ -245,6 +245,7 @@ impl Stores {
         requester: Requester<'_>,
     ) -> Result<ResolvedStore, StoreError> {
         let found = self.find(namespace, store_ref).await?;
+        vaultsync_backend::audit::set_store(&found.key);
         let backend = self
             .backend(
                 &found.key,
@@ -331,7 +332,9 @@ impl Stores {
             .backend(key, generation, provider, budget, store_namespace, &Requester::Operator)
             .await
             .map_err(|e| (e.store_reason(), e.to_string()))?;
-        backend.check().await.map_err(|e| {
+        let checked = backend.check().await;
+        vaultsync_backend::audit::check(backend.identity(), key, &checked);
+        checked.map_err(|e| {
             if matches!(e, vaultsync_backend::Error::Unauthenticated { .. }) {
                 self.forget(key);
             }

@@ -144,7 +144,9 @@ pub(super) async fn find(
             "dataFrom[{index}].find.tags select Azure Key Vault objects; OpenBao and Vault secrets have no tags"
         )));
     }
-    let listed = store.backend.list(&find.path).await?;
+    let listed = store.backend.list(&find.path).await;
+    vaultsync_backend::audit::list(store.backend.identity(), &find.path, &listed);
+    let listed = listed?;
     let now = Timestamp::now().as_second();
     let mut found = Entries::default();
     let mut names = Vec::new();

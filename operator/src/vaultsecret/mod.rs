@@ -415,6 +415,7 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
         }
         sync.sync().await
     };
+    let work = vaultsync_backend::audit::scope(format!("VaultSecret {object}"), work);
     match tokio::time::timeout(ctx.reconcile_timeout, work).await {
         Ok(Err(Error::Finalizer { source, .. })) => {
             // Typically a right the operator lacks: say so where users look, not only in the log.
