@@ -85,6 +85,7 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
             mark_leader(&client, &args, true).await;
         }
     }
+    metrics.set_leader(true);
     let hmac_key = hmac_key(&client, &args).await?;
     let (client_for_release, args_for_release) = (client.clone(), args.clone());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -65,6 +65,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconciles_in_flight: Gauge,
     queue_depth: Gauge,
+    leader: Gauge,
     cache_reads: Arc<CacheReads>,
     vault_events: Family<VaultEventLabels, Counter>,
 }
@@ -115,6 +116,12 @@ impl Metrics {
         registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Objects waiting to be reconciled", queue_depth.clone());
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers (holds the Lease), else 0",
+            leader.clone(),
+        );
         let vault_events = Family::<VaultEventLabels, Counter>::default();
         registry.register(
             "vault_events",
@@ -133,6 +140,7 @@ impl Metrics {
             reconcile_duration,
             reconciles_in_flight,
             queue_depth,
+            leader,
             cache_reads,
             vault_events,
         })
@@ -184,6 +192,11 @@ impl Metrics {
     /// Sets the number of objects waiting to be reconciled.
     pub fn set_queue_depth(&self, depth: i64) {
         self.queue_depth.set(depth);
+    }
+
+    /// Whether this replica runs the controllers.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Observes the seconds from a content change to a rollout.
@@ -282,6 +295,7 @@ mod tests {
             r#"vaultsync_cache_reads_total{result="coalesced"} 3"#,
             r#"vaultsync_cache_reads_total{result="miss"} 2"#,
             "vaultsync_queue_depth 4",
+            "vaultsync_leader 0",
             "vaultsync_reconciles_in_flight 0",
             "vaultsync_reconcile_duration_seconds_count 1",
             "# TYPE vaultsync_cache_reads counter",
