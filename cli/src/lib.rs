@@ -1,12 +1,13 @@
 //! `kubectl vaultsync`: what vaultsync does in a cluster and why a Secret is not there (`status`, `why`), a
 //! force-sync that waits for the result (`sync`), a VaultSecret's Secret rendered from example values without a
-//! vault (`render`), and resources of other secret operators converted (`migrate`). The commands reuse the
-//! operator's own code: store tenancy from `vaultsync-stores`, rendering and the workload matching from
-//! `vaultsync-operator`.
+//! vault (`render`), resources of other secret operators converted (`migrate`), and a command run with a
+//! VaultSecret's keys read with the developer's own identity (`run`). The commands reuse the operator's own code:
+//! store tenancy from `vaultsync-stores`, rendering and the workload matching from `vaultsync-operator`.
 #![forbid(unsafe_code)]
 
 pub mod migrate;
 mod render;
+mod run;
 mod status;
 mod sync;
 mod why;
@@ -43,7 +44,7 @@ pub struct Kube {
              secret operators",
     after_help = "Examples:\n  kubectl vaultsync status -A\n  kubectl vaultsync why db-credentials -n team-a\n  \
                   kubectl vaultsync sync db-credentials --timeout 60s\n  kubectl vaultsync render -f vs.yaml --values \
-                  values.yaml\n  kubectl vaultsync migrate -f external-secrets.yaml"
+                  values.yaml\n  kubectl vaultsync migrate -f external-secrets.yaml\n  kubectl vaultsync run -f vs.yaml -- ./server"
 )]
 pub struct Cli {
     /// The namespace (default: the kubeconfig context's namespace, else `default`).
@@ -80,6 +81,10 @@ pub enum Command {
                             kubectl get externalsecrets,secretstores -n team-a -o yaml | kubectl vaultsync migrate \
                             -f -\n\nThe notes go to standard error, each as `# <resource>: <field>: <why>`.")]
     Migrate(migrate::Args),
+    /// Runs a command with a VaultSecret's keys as environment variables (or files), read with your own identity:
+    /// the cluster's mapping for local development, no Kubernetes Secret.
+    #[command(after_help = run::EXAMPLES)]
+    Run(run::Args),
     /// Prints a shell completion script.
     #[command(
         after_help = "Examples:\n  kubectl vaultsync completion bash > /etc/bash_completion.d/kubectl-vaultsync\n  \
@@ -123,6 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Output> {
             clap_complete::generate(*shell, &mut Cli::command(), "kubectl-vaultsync", &mut script);
             Ok(Output::ok(String::from_utf8(script)?))
         }
+        Command::Run(args) if args.store.is_some() => run::run(None, args).await,
         command => {
             let kube = connect(cli.context.as_deref(), cli.namespace.as_deref()).await?;
             run_in(&kube, command).await
@@ -138,6 +144,7 @@ pub async fn run_in(kube: &Kube, command: &Command) -> anyhow::Result<Output> {
         Command::Sync(args) => sync::run(kube, args).await,
         Command::Render(args) => render::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Run(args) => run::run(Some(kube), args).await,
         Command::Completion { .. } => anyhow::bail!("completion needs no cluster"),
     }
 }

@@ -20,6 +20,11 @@ use vaultsync_api::ClusterVaultStore;
 use vaultsync_cli::{Cli, Kube, Output};
 use vaultsync_e2e::eventually;
 
+/// Borrowed arguments for [`cli`].
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 async fn cli(env: &Env, args: &[&str]) -> Output {
     let cli = Cli::try_parse_from(std::iter::once("kubectl-vaultsync").chain(args.iter().copied())).expect("arguments");
     let kube = Kube { client: env.ns.client.clone(), namespace: env.ns.name.clone() };
@@ -244,5 +249,66 @@ async fn migrated_resources_are_admitted_and_synced() {
     let secret =
         env.wait_secret_value("db-credentials", "url", "postgres://billing-app:migrate-value-1@db:5432/billing").await;
     assert_eq!(secret.data.expect("data")["password"].0, b"migrate-value-1");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn run_gives_a_command_the_keys_read_with_the_developers_token() {
+    let env = Env::start("cli-run").await;
+    env.vault.set_secret("run-db", r#"{"user":"app","password":"run-value-1"}"#);
+    env.vault.set_secret("run-api-key", "run-value-2");
+    let dir = std::env::temp_dir().join(format!("vaultsync-cli-run-{}", env.ns.name));
+    std::fs::create_dir_all(&dir).expect("a folder");
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("writing a test file");
+        path.display().to_string()
+    };
+    // The developer's own token (the test vault's), and the store as a file: no operator identity is involved.
+    let token = file("token", format!("token-for-{}\n", env.ns.name));
+    let store = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultStore", "metadata": { "name": "kv" },
+        "spec": env.store_spec() });
+    let store = file("store.yaml", serde_yaml::to_string(&store).expect("YAML"));
+    let vs = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret", "metadata": { "name": "app" },
+        "spec": { "storeRef": { "name": "kv" }, "data": [
+            { "secretKey": "db.user", "remoteRef": { "name": "run-db", "property": "user" } },
+            { "secretKey": "db.password", "remoteRef": { "name": "run-db", "property": "password" } },
+            { "secretKey": "api-key", "remoteRef": { "name": "run-api-key" } },
+        ] } });
+    let vs = file("vs.yaml", serde_yaml::to_string(&vs).expect("YAML"));
+    let out = dir.join("out");
+    let shell = |script: String| vec!["--".to_string(), "sh".into(), "-c".into(), script];
+    let run = |extra: Vec<String>| {
+        let mut args: Vec<String> =
+            ["run", "-f", &vs, "--store", &store, "--token-file", &token].iter().map(|s| s.to_string()).collect();
+        args.extend(extra);
+        args
+    };
+
+    // As environment variables.
+    let args = run(shell(format!("env > {}", out.display())));
+    let result = cli(&env, &refs(&args)).await;
+    assert_eq!(result.code, 0, "{}", result.text);
+    let printed = std::fs::read_to_string(&out).expect("the child's output");
+    for line in ["db_user=app", "db_password=run-value-1", "api_key=run-value-2"] {
+        assert!(printed.lines().any(|l| l == line), "{line} in the child's environment");
+    }
+
+    // As files in a private folder, removed when the command ends; the command's exit code is passed on.
+    let script = format!(
+        "{{ cat \"$VAULTSYNC_SECRETS_DIR/api-key\"; echo; stat -c %a \"$VAULTSYNC_SECRETS_DIR\"; echo \
+         \"$VAULTSYNC_SECRETS_DIR\"; }} > {}; exit 3",
+        out.display()
+    );
+    let mut extra = vec!["--files".to_string()];
+    extra.extend(shell(script));
+    let args = run(extra);
+    let result = cli(&env, &refs(&args)).await;
+    assert_eq!(result.code, 3, "the command's exit code");
+    let printed = std::fs::read_to_string(&out).expect("the child's output");
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines[..2], ["run-value-2", "700"], "the value, in a folder only its owner can open");
+    assert!(!std::path::Path::new(lines[2]).exists(), "the private folder is removed");
+    std::fs::remove_dir_all(&dir).expect("removing the folder");
     env.finish().await;
 }
