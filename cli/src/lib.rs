@@ -7,6 +7,7 @@
 
 pub mod migrate;
 mod render;
+mod rollout_status;
 mod run;
 mod status;
 mod sync;
@@ -72,6 +73,11 @@ pub enum Command {
     #[command(after_help = "Examples:\n  kubectl vaultsync sync db-credentials\n  kubectl vaultsync sync \
                             db-credentials -n team-a --timeout 2m")]
     Sync(sync::Args),
+    /// For each workload using a VaultSecret's Secret: rolled by vaultsync, running the current content, rollout
+    /// finished; `--wait` until all are (exit 0), else exit 1 (2 after a timeout).
+    #[command(after_help = "Examples:\n  kubectl vaultsync rollout-status db-credentials\n  kubectl vaultsync \
+                            rollout-status db-credentials --wait --timeout 10m")]
+    RolloutStatus(rollout_status::Args),
     /// Renders the Secret a VaultSecret would make from example values, without a vault or a cluster.
     #[command(after_help = render::EXAMPLES)]
     Render(render::Args),
@@ -142,6 +148,7 @@ pub async fn run_in(kube: &Kube, command: &Command) -> anyhow::Result<Output> {
         Command::Status(args) => status::run(kube, args).await,
         Command::Why(args) => why::run(kube, args).await,
         Command::Sync(args) => sync::run(kube, args).await,
+        Command::RolloutStatus(args) => rollout_status::run(kube, args).await,
         Command::Render(args) => render::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Run(args) => run::run(Some(kube), args).await,

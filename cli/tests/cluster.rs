@@ -31,10 +31,11 @@ async fn cli(env: &Env, args: &[&str]) -> Output {
     vaultsync_cli::run_in(&kube, &cli.command).await.expect("the command runs")
 }
 
-async fn deployment_using(env: &Env, name: &str, secret: &str) {
+/// A Deployment of `replicas` pods (there is no node: none start) with `labels`, reading `secret` with envFrom.
+async fn deployment_using(env: &Env, name: &str, secret: &str, labels: Value, replicas: i32) {
     let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": { "selector": { "matchLabels": { "app": name } }, "template": {
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "replicas": replicas, "selector": { "matchLabels": { "app": name } }, "template": {
             "metadata": { "labels": { "app": name } },
             "spec": { "containers": [{ "name": "app", "image": "example", "envFrom": [{ "secretRef": { "name": secret } }] }] },
         } },
@@ -49,8 +50,8 @@ async fn status_lists_vault_secrets_stores_and_the_workloads_using_them() {
     env.vault.set_secret("db-password", "status-value-1");
     env.apply_vault_secret("app", one_key("password", "db-password")).await;
     env.wait_secret_value("app", "password", "status-value-1").await;
-    deployment_using(&env, "web", "app").await;
-    deployment_using(&env, "other", "unrelated").await;
+    deployment_using(&env, "web", "app", json!({}), 1).await;
+    deployment_using(&env, "other", "unrelated", json!({}), 1).await;
     let report: Value = eventually(Duration::from_secs(20), "the store to be Ready in status", || {
         let env = &env;
         async move {
@@ -310,5 +311,33 @@ async fn run_gives_a_command_the_keys_read_with_the_developers_token() {
     assert_eq!(lines[..2], ["run-value-2", "700"], "the value, in a folder only its owner can open");
     assert!(!std::path::Path::new(lines[2]).exists(), "the private folder is removed");
     std::fs::remove_dir_all(&dir).expect("removing the folder");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn rollout_status_follows_the_workloads_using_a_secret() {
+    let env = Env::start("cli-rollout").await;
+    env.vault.set_secret("rolled", "rollout-value-1");
+    // No replicas (the control plane has no node): a rollout completes as soon as the controller sees it.
+    deployment_using(&env, "web", "app", json!({ "vaultsync.dev/reload": "true" }), 0).await;
+    deployment_using(&env, "other", "app", json!({}), 0).await;
+    let mut spec = one_key("value", "rolled");
+    spec["rollout"] = json!({ "debounce": "1s" });
+    env.apply_vault_secret("app", spec).await;
+    env.wait_secret_value("app", "value", "rollout-value-1").await;
+    let out = cli(&env, &["rollout-status", "app", "--wait", "--timeout", "30s"]).await;
+    assert_eq!(out.code, 0, "{}", out.text);
+    assert!(out.text.contains("Deployment/web: runs the current content; rollout complete"), "{}", out.text);
+    assert!(out.text.contains("Deployment/other: uses the Secret but is not rolled by vaultsync"), "{}", out.text);
+
+    // A new version: the operator rolls the labelled Deployment, and the command waits for that.
+    env.vault.set_secret("rolled", "rollout-value-2");
+    env.annotate("app", "vaultsync.dev/force-sync", "1").await;
+    env.wait_secret_value("app", "value", "rollout-value-2").await;
+    let out = cli(&env, &["rollout-status", "app", "--wait", "--timeout", "30s"]).await;
+    assert_eq!(out.code, 0, "{}", out.text);
+    let web = env.ns.api::<Deployment>().get("web").await.expect("the Deployment");
+    let template = web.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+    assert!(template.contains_key("vaultsync.dev/content-hash"), "rolled: {template:?}");
     env.finish().await;
 }

@@ -197,7 +197,7 @@ async fn migrate_prints_yaml_and_the_notes() {
 
 #[tokio::test]
 async fn help_has_examples_and_completions_are_made() {
-    for command in ["status", "why", "sync", "render", "migrate", "run"] {
+    for command in ["status", "why", "sync", "rollout-status", "render", "migrate", "run"] {
         let error = Cli::try_parse_from(["kubectl-vaultsync", command, "--help"]).unwrap_err();
         assert!(error.to_string().contains("Examples:"), "{command} --help: {error}");
     }
