@@ -164,7 +164,8 @@ pub(crate) async fn report(kube: &Kube, all_namespaces: bool) -> anyhow::Result<
         Some(ns) => Api::namespaced(kube.client.clone(), ns),
         None => Api::all(kube.client.clone()),
     };
-    let all = workloads(&kube.client, namespace).await?;
+    // A user who may not list workloads still gets the rest; the workloads column is then empty.
+    let all = workloads(&kube.client, namespace).await.unwrap_or_default();
     let mut report = Report::default();
     for vs in vs_api.list(&ListParams::default()).await? {
         let status = vs.status.clone().unwrap_or_default();

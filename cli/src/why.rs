@@ -75,7 +75,13 @@ async fn check_store(kube: &Kube, vs: &VaultSecret) -> anyhow::Result<Option<Dia
             };
             let rules = &store.spec.conditions;
             let labels = if tenancy::needs_labels(rules, ns) {
-                Some(Api::<Namespace>::all(kube.client.clone()).get(ns).await?.labels().clone())
+                match Api::<Namespace>::all(kube.client.clone()).get(ns).await {
+                    Ok(namespace) => Some(namespace.labels().clone()),
+                    // Without the namespace's labels the selectors cannot be judged here; the operator's condition
+                    // still says whether it was admitted.
+                    Err(kube::Error::Api(e)) if e.code == 403 => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
             } else {
                 None
             };
