@@ -177,9 +177,10 @@ fn data(name: &str) -> String {
         .expect("test data")
 }
 
-/// Applies a migrated resource into the test's namespace (cluster-scoped ones as they are); the apiserver's
-/// admission (schema and CEL rules) must accept it. Returns the name it was applied under.
-async fn apply(env: &Env, mut resource: Value) -> String {
+/// Applies a migrated resource into the test's namespace; the apiserver's admission (schema and CEL rules) must
+/// accept it. ClusterVaultStores get the test's namespace as a prefix (and VaultSecrets using one the same), and are
+/// open to the test's namespace; [`delete_cluster_stores`] removes them.
+async fn apply(env: &Env, mut resource: Value) {
     let kind = resource["kind"].as_str().expect("a kind").to_string();
     let plural = match kind.as_str() {
         "VaultSecret" => "vaultsecrets",
@@ -203,16 +204,27 @@ async fn apply(env: &Env, mut resource: Value) -> String {
         Api::all_with(env.ns.client.clone(), &resource_type)
     } else {
         resource["metadata"]["namespace"] = json!(env.ns.name);
+        if resource["spec"]["storeRef"]["kind"] == "ClusterVaultStore" {
+            let store = resource["spec"]["storeRef"]["name"].as_str().expect("a store").to_string();
+            resource["spec"]["storeRef"]["name"] = json!(format!("{}-{store}", env.ns.name));
+        }
         Api::namespaced_with(env.ns.client.clone(), &env.ns.name, &resource_type)
     };
     let object: DynamicObject = serde_json::from_value(resource).expect("an object");
     api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&object))
         .await
         .unwrap_or_else(|e| panic!("the apiserver refused the migrated {kind} {name}: {e}"));
-    if kind == "ClusterVaultStore" {
-        api.delete(&name, &DeleteParams::default()).await.expect("deleting the ClusterVaultStore");
+}
+
+/// Deletes the ClusterVaultStores [`apply`] made for this test.
+async fn delete_cluster_stores(env: &Env) {
+    let api = Api::<ClusterVaultStore>::all(env.ns.client.clone());
+    for store in api.list(&Default::default()).await.expect("listing ClusterVaultStores") {
+        let name = store.metadata.name.unwrap_or_default();
+        if name.starts_with(&format!("{}-", env.ns.name)) {
+            api.delete(&name, &DeleteParams::default()).await.expect("deleting a ClusterVaultStore");
+        }
     }
-    name
 }
 
 #[tokio::test]
@@ -250,6 +262,7 @@ async fn migrated_resources_are_admitted_and_synced() {
     let secret =
         env.wait_secret_value("db-credentials", "url", "postgres://billing-app:migrate-value-1@db:5432/billing").await;
     assert_eq!(secret.data.expect("data")["password"].0, b"migrate-value-1");
+    delete_cluster_stores(&env).await;
     env.finish().await;
 }
 
@@ -339,5 +352,65 @@ async fn rollout_status_follows_the_workloads_using_a_secret() {
     let web = env.ns.api::<Deployment>().get("web").await.expect("the Deployment");
     let template = web.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
     assert!(template.contains_key("vaultsync.dev/content-hash"), "rolled: {template:?}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_migrated_external_secret_on_openbao_syncs() {
+    use base64::Engine as _;
+    let env = Env::start("cli-migrate-bao").await;
+    let (bao, root) = vaultsync_e2e::openbao::shared_with_root();
+    let mount = root.enable_kv(2).await.expect("a KV mount");
+    root.kv2_put(&mount, "team-a/payments", json!({ "password": "bao-migrate-value-1" })).await.expect("a secret");
+    root.kv2_put(&mount, "team-a/payments-config", json!({ "region": "eu", "retries": 3 })).await.expect("a secret");
+    let policy = root.read_policy(&[format!("{mount}/data/*")]).await.expect("a policy");
+    let token = root.token_with(&policy).await.expect("a token");
+    env.remember_values(&["bao-migrate-value-1", &token]);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("vault-token".into()), ..Default::default() },
+        string_data: Some([("token".to_string(), token.clone())].into()),
+        ..Default::default()
+    };
+    env.ns.api::<Secret>().create(&PostParams::default(), &secret).await.expect("the token Secret");
+    let text = data("eso-vault-token.yaml")
+        .replace("https://vault.example.com:8200", &bao.addr)
+        .replace("path: secret", &format!("path: {mount}"))
+        .replace("Q0EgQlVORExF", &base64::engine::general_purpose::STANDARD.encode(&bao.ca_pem));
+    let migration = vaultsync_cli::migrate::migrate(&text).expect("migrates");
+    assert!(migration.notes.is_empty(), "everything carried over: {:?}", migration.notes);
+    for resource in migration.resources {
+        apply(&env, resource).await;
+    }
+    env.wait_secret_value("payments", "api-password", "bao-migrate-value-1").await;
+    let secret = env.wait_secret_value("payments", "retries", "3").await;
+    assert_eq!(secret.data.expect("data")["region"].0, b"eu");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn migrated_akv2k8s_secrets_sync_with_the_operators_identity() {
+    let mut env = Env::start("cli-migrate-akv").await;
+    // akv2k8s reads with its controller's identity; the migrated store reads with the operator's managed identity.
+    let entra = env.use_managed_identity().await;
+    // Base64, as the example's base64decode transform expects.
+    env.vault.set_secret("smtp-password", "c210cC1taWdyYXRlLXZhbHVl");
+    env.vault.set_secret("app-settings", r#"{"region":"eu","replicas":"3"}"#);
+    let migration = vaultsync_cli::migrate::migrate(&data("akv2k8s.yaml")).expect("migrates");
+    for mut resource in migration.resources {
+        if resource["kind"] == "ClusterVaultStore" {
+            // The test vault and its Entra server and CA, for the example's vault name and the tenant placeholder.
+            let azure = &mut resource["spec"]["provider"]["azureKeyVault"];
+            azure["vaultUrl"] = json!(env.vault.url());
+            azure["tenantId"] = json!(TENANT);
+            azure["cloud"] = json!("Custom");
+            azure["authorityHost"] = json!(entra.authority_host());
+            azure["caBundle"] = env.store_spec()["provider"]["azureKeyVault"]["caBundle"].clone();
+        }
+        apply(&env, resource).await;
+    }
+    env.wait_secret_value("smtp", "password", "smtp-migrate-value").await;
+    env.wait_secret_value("app-settings", "region", "eu").await;
+    env.remember_values(&["smtp-migrate-value"]);
+    delete_cluster_stores(&env).await;
     env.finish().await;
 }

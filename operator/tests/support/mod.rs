@@ -136,6 +136,26 @@ impl Env {
         vaultsync_e2e::liveness::spawn(name, vaultsync_operator::run_with_client(client, args))
     }
 
+    /// An Entra test server acting as the machine's managed identity (instance metadata service), issuing the token
+    /// the test vault accepts; the operator is restarted to use it.
+    pub async fn use_managed_identity(&mut self) -> vaultsync_e2e::entra::EntraServer {
+        let identity = vaultsync_e2e::entra::ManagedIdentity {
+            client_id: None,
+            access_token: format!("token-for-{}", self.ns.name),
+        };
+        let entra = vaultsync_e2e::entra::EntraServer::builder(None)
+            .managed_identity(identity)
+            .resource(self.vault.challenge_resource())
+            .start()
+            .await
+            .expect("entra");
+        self.stop_operator().await;
+        let mut args = self.operator_args();
+        args.imds_endpoint = entra.metadata_endpoint();
+        self.start_operator_with(args);
+        entra
+    }
+
     /// Remembers secret values used outside the Key Vault test server, for [`Env::finish`]'s scan.
     pub fn remember_values(&self, values: &[&str]) {
         self.values.lock().expect("values lock").extend(values.iter().map(|v| v.to_string()));
