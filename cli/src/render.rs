@@ -30,7 +30,7 @@ pub struct Args {
     /// Example values (YAML).
     #[arg(long)]
     pub values: PathBuf,
-    /// Print text values as `stringData` (binary ones stay in `data`).
+    /// Print text values as `stringData` (binary ones, and words YAML 1.1 reads as booleans, stay in `data`).
     #[arg(long)]
     pub string_data: bool,
 }
@@ -64,12 +64,19 @@ pub fn run(args: &Args) -> anyhow::Result<Output> {
     Ok(out)
 }
 
+/// Words a YAML 1.1 reader (kubectl's) takes for a boolean or null: as `stringData` they would not be strings, so
+/// they stay in `data`.
+fn yaml_11_scalar(text: &str) -> bool {
+    const WORDS: &[&str] = &["y", "yes", "n", "no", "on", "off", "true", "false", "null", "~", ""];
+    WORDS.iter().any(|w| text.eq_ignore_ascii_case(w))
+}
+
 fn manifest(vs: &VaultSecret, secret: offline::Rendered, string_data: bool) -> Value {
     let mut data = Map::new();
     let mut text = Map::new();
     for (key, value) in secret.data {
         match std::str::from_utf8(value.expose()) {
-            Ok(s) if string_data => {
+            Ok(s) if string_data && !yaml_11_scalar(s) => {
                 text.insert(key, json!(s));
             }
             _ => {

@@ -49,6 +49,8 @@ async fn render_uses_property_decoding_extract_and_templates() {
     let out = run(&["render", "-f", vs.to_str().unwrap(), "--values", values.to_str().unwrap(), "--string-data"]).await;
     let secret = yaml_documents(&out.text).pop().expect("a Secret");
     assert_eq!(secret["stringData"]["password"], "correct-horse");
+    // "on" would be a boolean to kubectl's YAML reader: it stays in data.
+    assert!(secret["stringData"].get("beta").is_none() && secret["data"]["beta"].is_string(), "{secret}");
 }
 
 #[tokio::test]
