@@ -73,6 +73,22 @@ async fn status_lists_vault_secrets_stores_and_the_workloads_using_them() {
     assert!(table.contains("VAULTSECRET") && table.contains("Deployment/web"), "{table}");
     let yaml: Value = serde_yaml::from_str(&cli(&env, &["status", "-o", "yaml"]).await.text).expect("YAML");
     assert_eq!(yaml["vaultSecrets"][0]["name"], "app");
+    // As a kubectl plugin: kubectl finds kubectl-vaultsync on PATH, and the binary reads the kubeconfig.
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-vaultsync"));
+    let path =
+        format!("{}:{}", plugin.parent().expect("a folder").display(), std::env::var("PATH").unwrap_or_default());
+    let kubectl = vaultsync_e2e::process::tool("kubectl").expect("kubectl");
+    let kubeconfig = vaultsync_e2e::ControlPlane::shared().kubeconfig_path().to_path_buf();
+    let out = tokio::process::Command::new(kubectl)
+        .args(["vaultsync", "status", "-n", &env.ns.name, "-o", "json"])
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .expect("running kubectl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON from the plugin");
+    assert_eq!(report["vaultSecrets"][0]["workloads"], json!(["Deployment/web"]));
     env.finish().await;
 }
 
