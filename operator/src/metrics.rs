@@ -10,6 +10,9 @@ use std::{
     time::Instant,
 };
 
+mod vaultsecrets;
+
+use kube::runtime::reflector::Store;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
@@ -68,6 +71,7 @@ pub struct Metrics {
     leader: Gauge,
     cache_reads: Arc<CacheReads>,
     vault_events: Family<VaultEventLabels, Counter>,
+    vault_secret_states: Arc<vaultsecrets::VaultSecretStates>,
 }
 
 impl Metrics {
@@ -130,6 +134,8 @@ impl Metrics {
         );
         let cache_reads = Arc::new(CacheReads::default());
         registry.register_collector(Box::new(cache_reads.clone()));
+        let vault_secret_states = Arc::new(vaultsecrets::VaultSecretStates::default());
+        registry.register_collector(Box::new(vault_secret_states.clone()));
         Arc::new(Self {
             registry,
             backend_calls,
@@ -143,6 +149,7 @@ impl Metrics {
             leader,
             cache_reads,
             vault_events,
+            vault_secret_states,
         })
     }
 
@@ -192,6 +199,11 @@ impl Metrics {
     /// Sets the number of objects waiting to be reconciled.
     pub fn set_queue_depth(&self, depth: i64) {
         self.queue_depth.set(depth);
+    }
+
+    /// Reports the VaultSecrets' Ready conditions and certificates from `store` (the controller's watched copies).
+    pub fn watch_vault_secrets(&self, store: Store<vaultsync_api::VaultSecret>) {
+        self.vault_secret_states.watch(store);
     }
 
     /// Whether this replica runs the controllers.

@@ -76,6 +76,19 @@ async fn every_series_the_dashboard_and_alerts_use_is_exported() {
     env.apply_vault_secret("app", one_key("value", "dash-secret")).await;
     env.wait_secret_value("app", "value", "dashboard-value-1").await;
     env.wait_metric_at_least("vaultsync_rollouts_total", 1).await;
+    // A certificate (self-signed by the test vault), so the certificate expiry gauge has one to report.
+    let policy = json!({ "policy": { "issuer": { "name": "Self" },
+        "x509_props": { "subject": "CN=dash.example", "validity_months": 3 },
+        "key_props": { "kty": "EC", "crv": "P-256" }, "secret_props": { "contentType": "application/x-pem-file" } } });
+    let vault = env.vault.client().expect("a vault client").with_token(Some(&format!("token-for-{}", env.ns.name)));
+    vault.call(reqwest::Method::POST, "/certificates/dash-cert/create", Some(&policy)).await.expect("a certificate");
+    env.apply_vault_secret(
+        "cert",
+        json!({ "storeRef": { "name": "kv" },
+            "data": [{ "secretKey": "leaf.pem", "remoteRef": { "name": "dash-cert", "objectType": "certificate" } }] }),
+    )
+    .await;
+    env.wait_reason("cert", "Synced").await;
     let (code, metrics) = env.http_get("/metrics").await;
     assert_eq!(code, 200);
     // Families (`# TYPE name kind`, also when no sample exists yet) and sample names.
@@ -96,5 +109,7 @@ async fn every_series_the_dashboard_and_alerts_use_is_exported() {
     assert!(missing.is_empty(), "used by the chart but not exported: {missing:?}\n{metrics}");
     // The leader gauge the no-leader alert watches says this replica leads.
     assert!(metrics.lines().any(|l| l == "vaultsync_leader 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == r#"vaultsync_vaultsecrets{ready="true"} 2"#), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "vaultsync_vaultsecrets_not_ready_beyond_interval 0"), "{metrics}");
     env.finish().await;
 }

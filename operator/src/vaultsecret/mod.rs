@@ -242,6 +242,7 @@ pub fn controller(
     .default_backoff()
     .applied_objects()
     .predicate_filter(spec_or_request_changed, Default::default());
+    metrics.watch_vault_secrets(reader.clone());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
     // Stores: only spec changes matter here (not the status the store controller writes), and the
