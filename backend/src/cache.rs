@@ -94,11 +94,13 @@ impl ReadCache {
             // Read by another caller after we asked: as fresh as a read of our own would be.
             if *at >= asked {
                 self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                crate::audit::read(backend.identity(), object, result, crate::audit::Source::Coalesced);
                 return result.clone();
             }
             let limit = if result.is_ok() { max_age } else { max_age.min(self.error_age) };
             if at.elapsed() < limit {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                crate::audit::read(backend.identity(), object, result, crate::audit::Source::Cache);
                 return result.clone();
             }
             // Too old, but a list of the vault may show it unchanged.
@@ -125,6 +127,7 @@ impl ReadCache {
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
         entry.read_unix = unix_now();
         let result = backend.get(object).await;
+        crate::audit::read(backend.identity(), object, &result, crate::audit::Source::Vault);
         entry.read = Some((Instant::now(), result.clone()));
         drop(entry);
         self.prune();

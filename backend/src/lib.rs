@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assertion;
+pub mod audit;
 pub mod azure;
 pub mod budget;
 pub mod cache;

@@ -119,6 +119,10 @@ pub fn store_reader(
 /// Runs until `shutdown` resolves. The store forms are served when a Kubernetes client can be
 /// had (in cluster, or from `KUBECONFIG`); the inline forms always.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if let Some(path) = &args.audit_log {
+        vaultsync_backend::audit::write_to(path)
+            .map_err(|e| anyhow::anyhow!("opening the audit log {}: {e}", path.display()))?;
+    }
     let metrics = Metrics::new();
     let inline = Arc::new(inline_reader(&args, &metrics)?);
     let reader: Arc<dyn VaultReader> = match kube::Client::try_default().await {

@@ -21,6 +21,11 @@ impl Mounter {
 
     /// Reads and renders every file of `spec`; entries older than `max_age` are read afresh.
     pub async fn payload(&self, spec: &MountSpec, max_age: Option<Duration>) -> Result<Payload> {
+        let requester = format!("Pod {}/{}", spec.pod.namespace, spec.pod.name);
+        vaultsync_backend::audit::scope(requester, self.read_and_render(spec, max_age)).await
+    }
+
+    async fn read_and_render(&self, spec: &MountSpec, max_age: Option<Duration>) -> Result<Payload> {
         let resolved;
         let plan = match &spec.request {
             Request::Plan(plan) => plan,

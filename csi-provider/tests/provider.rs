@@ -86,6 +86,53 @@ async fn azure_provider_parameters_mount_with_the_pods_workload_identity() {
     plugin.stop().await;
 }
 
+/// Log text without the terminal colour sequences (`ESC [ ... m`) the formatter adds.
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_read_for_a_pod_leaves_an_audit_record() {
+    let ns = TestNamespace::new("csi-p-audit").await;
+    service_account(&ns, "web").await;
+    let azure = Azure::start(&ns, &[("web", "app-web")]).await;
+    azure.vault.set_secret("audit-db", "audit-db-value");
+    let plugin = Plugin::start(&azure.flags()).await;
+    let mut provider = plugin.provider().await;
+    let parameters = azure_parameters("app-web", &[("audit-db", None)]);
+    for pod in ["web-0", "web-1"] {
+        let mut attributes = pod_attributes(&ns, "web", pod, &[AZURE_AUDIENCE]).await;
+        attributes.extend(parameters.clone());
+        provider.mount(mount_request(&attributes, "420")).await.expect("Mount");
+    }
+    // One record per read, on the audit target: the first pod's read called the vault, the second was served from
+    // the cache; both name the pod and the identity it read with, never the value.
+    let text = without_colours(&logs());
+    let records: Vec<&str> = text.lines().filter(|l| l.contains("vaultsync::audit") && l.contains(&ns.name)).collect();
+    let record = |pod: &str| {
+        let requester = format!("requester=\"Pod {}/{pod}\"", ns.name);
+        let found: Vec<&&str> = records.iter().filter(|l| l.contains(&requester)).collect();
+        assert_eq!(found.len(), 1, "one record for {pod}: {records:#?}");
+        found[0].to_string()
+    };
+    let (first, second) = (record("web-0"), record("web-1"));
+    assert!(first.contains("source=\"vault\"") && first.contains("object=\"audit-db\""), "{first}");
+    assert!(second.contains("source=\"cache\"") && second.contains("outcome=\"ok\""), "{second}");
+    assert!(first.contains(&format!("identity=workload identity {}/web as app-web", ns.name)), "{first}");
+    assert_eq!(azure.vault.calls(Op::GetSecret), 1);
+    assert_logs_free_of(&["audit-db-value"]);
+    plugin.stop().await;
+}
+
 #[tokio::test]
 async fn vault_provider_parameters_mount_from_openbao_with_kubernetes_auth() {
     let ns = TestNamespace::new("csi-p-bao").await;

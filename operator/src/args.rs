@@ -122,6 +122,11 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_json: bool,
+
+    /// Also append the audit trail (one JSON line per vault read, docs/audit.md) to this file; the records are
+    /// logged on the target `vaultsync::audit` either way.
+    #[arg(long, env = "VAULTSYNC_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Args {

@@ -61,6 +61,10 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     );
     // A misconfigured Event Grid endpoint (no key file, unreadable or weak key) fails the start.
     let event_grid = eventgrid::Config::from_args(&args)?;
+    if let Some(path) = &args.audit_log {
+        vaultsync_backend::audit::write_to(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+    }
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.context("binding the metrics address")?;
@@ -101,6 +105,7 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
             mark_leader(&client, &args, true).await;
         }
     }
+    metrics.set_leader(true);
     let hmac_key = hmac_key(&client, &args).await?;
     let (client_for_release, args_for_release) = (client.clone(), args.clone());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

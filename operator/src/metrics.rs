@@ -7,6 +7,9 @@ use std::{
     time::Instant,
 };
 
+mod vaultsecrets;
+
+use kube::runtime::reflector::Store;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
@@ -62,8 +65,10 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconciles_in_flight: Gauge,
     queue_depth: Gauge,
+    leader: Gauge,
     cache_reads: Arc<CacheReads>,
     vault_events: Family<VaultEventLabels, Counter>,
+    vault_secret_states: Arc<vaultsecrets::VaultSecretStates>,
 }
 
 impl Metrics {
@@ -112,6 +117,12 @@ impl Metrics {
         registry.register("reconciles_in_flight", "Reconciles running now", reconciles_in_flight.clone());
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Objects waiting to be reconciled", queue_depth.clone());
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers (holds the Lease), else 0",
+            leader.clone(),
+        );
         let vault_events = Family::<VaultEventLabels, Counter>::default();
         registry.register(
             "vault_events",
@@ -120,6 +131,8 @@ impl Metrics {
         );
         let cache_reads = Arc::new(CacheReads::default());
         registry.register_collector(Box::new(cache_reads.clone()));
+        let vault_secret_states = Arc::new(vaultsecrets::VaultSecretStates::default());
+        registry.register_collector(Box::new(vault_secret_states.clone()));
         Arc::new(Self {
             registry,
             backend_calls,
@@ -130,8 +143,10 @@ impl Metrics {
             reconcile_duration,
             reconciles_in_flight,
             queue_depth,
+            leader,
             cache_reads,
             vault_events,
+            vault_secret_states,
         })
     }
 
@@ -181,6 +196,16 @@ impl Metrics {
     /// Sets the number of objects waiting to be reconciled.
     pub fn set_queue_depth(&self, depth: i64) {
         self.queue_depth.set(depth);
+    }
+
+    /// Reports the VaultSecrets' Ready conditions and certificates from `store` (the controller's watched copies).
+    pub fn watch_vault_secrets(&self, store: Store<vaultsync_api::VaultSecret>) {
+        self.vault_secret_states.watch(store);
+    }
+
+    /// Whether this replica runs the controllers.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Observes the seconds from a content change to a rollout.
@@ -325,6 +350,7 @@ mod tests {
             r#"vaultsync_refresh_lists_total{result="complete"} 1"#,
             r#"vaultsync_refresh_lists_total{result="refused"} 0"#,
             "vaultsync_queue_depth 4",
+            "vaultsync_leader 0",
             "vaultsync_reconciles_in_flight 0",
             "vaultsync_reconcile_duration_seconds_count 1",
             "# TYPE vaultsync_cache_reads counter",

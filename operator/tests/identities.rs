@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use support::{CLIENT_ID, Env, READER_SA, TENANT, one_key};
 use vaultsync_api::{ClusterVaultStore, VaultSecret};
 use vaultsync_e2e::{
-    entra::{ClientSecret, EntraServer, Federation, Grant, ManagedIdentity},
+    entra::{ClientSecret, EntraServer, Federation, Grant},
     keyvault::Op,
     service_account_token,
     tls::TestCa,
@@ -87,16 +87,7 @@ async fn a_client_secret_reads_the_vault_and_a_wrong_one_is_refused() {
 #[tokio::test]
 async fn managed_identity_is_the_operators_and_only_cluster_stores_may_use_it() {
     let mut env = Env::start("auth-managed").await;
-    let entra = EntraServer::builder(None)
-        .managed_identity(ManagedIdentity { client_id: None, access_token: vault_token(&env) })
-        .resource(env.vault.challenge_resource())
-        .start()
-        .await
-        .expect("entra");
-    env.stop_operator().await;
-    let mut args = env.operator_args();
-    args.imds_endpoint = entra.metadata_endpoint();
-    env.start_operator_with(args);
+    let entra = env.use_managed_identity().await;
     env.vault.set_secret("by-machine", "read-with-managed-identity");
     // The metadata service is still starting: it answers 404 twice and 410 once, which are retried.
     entra.fail_next(vaultsync_e2e::entra::Endpoint::Metadata, 2, 404, None);

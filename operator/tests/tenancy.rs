@@ -6,22 +6,8 @@ mod support;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use support::{Env, one_key};
-use vaultsync_api::{ClusterVaultStore, VaultStore};
+use vaultsync_api::VaultStore;
 use vaultsync_e2e::{eventually, keyvault::Op};
-
-/// A ClusterVaultStore on the test's vault, reading with the test namespace's account.
-async fn cluster_store(env: &Env, name: &str, conditions: Value) {
-    let mut spec = env.store_spec();
-    spec["provider"]["azureKeyVault"]["auth"]["workloadIdentity"]["serviceAccountRef"]["namespace"] =
-        json!(env.ns.name);
-    spec["conditions"] = conditions;
-    let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "ClusterVaultStore",
-        "metadata": { "name": name }, "spec": spec });
-    kube::Api::<ClusterVaultStore>::all(env.ns.client.clone())
-        .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
-        .await
-        .expect("cluster store");
-}
 
 fn via_cluster_store(store: &str, key: &str, object: &str) -> Value {
     let mut spec = one_key(key, object);
@@ -35,7 +21,7 @@ async fn a_shared_store_serves_only_the_objects_a_namespace_is_allowed() {
     env.vault.set_secret("team-a-db", "team-a-secret");
     env.vault.set_secret("team-b-db", "team-b-secret");
     let store = format!("{}-shared", env.ns.name);
-    cluster_store(&env, &store, json!([{ "namespaces": [env.ns.name], "allowedObjects": ["team-a-*"] }])).await;
+    env.apply_cluster_store(&store, json!([{ "namespaces": [env.ns.name], "allowedObjects": ["team-a-*"] }])).await;
 
     env.apply_vault_secret("mine", via_cluster_store(&store, "password", "team-a-db")).await;
     env.wait_secret_value("mine", "password", "team-a-secret").await;
@@ -57,7 +43,7 @@ async fn namespaces_outside_the_conditions_are_refused() {
     let env = Env::start("tenancy-ns").await;
     env.vault.set_secret("db", "db-secret-value");
     let elsewhere = format!("{}-elsewhere", env.ns.name);
-    cluster_store(&env, &elsewhere, json!([{ "namespaces": ["some-other-namespace"] }])).await;
+    env.apply_cluster_store(&elsewhere, json!([{ "namespaces": ["some-other-namespace"] }])).await;
     env.apply_vault_secret("refused", via_cluster_store(&elsewhere, "password", "db")).await;
     let vs = env.wait_reason("refused", "NamespaceNotAllowed").await;
     assert!(vs.status.expect("status").conditions[0].message.contains("may not be used from namespace"));
@@ -65,8 +51,11 @@ async fn namespaces_outside_the_conditions_are_refused() {
     // A label selector admits the namespace once it carries the label.
     let by_label = format!("{}-by-label", env.ns.name);
     let team = format!("team-{}", env.ns.name);
-    cluster_store(&env, &by_label, json!([{ "namespaceSelector": { "matchLabels": { "vaultsync.dev/team": team } } }]))
-        .await;
+    env.apply_cluster_store(
+        &by_label,
+        json!([{ "namespaceSelector": { "matchLabels": { "vaultsync.dev/team": team } } }]),
+    )
+    .await;
     env.apply_vault_secret("labelled", via_cluster_store(&by_label, "password", "db")).await;
     env.wait_reason("labelled", "NamespaceNotAllowed").await;
     assert_eq!(env.vault.calls(Op::GetSecret), 0, "nothing is fetched for a refused namespace");

@@ -164,14 +164,7 @@ pub struct ResolvedStore {
 impl ResolvedStore {
     /// Refuses objects outside the namespace's allowlist before anything is fetched.
     pub fn check_object(&self, object: &str) -> Result<(), StoreError> {
-        match &self.allowed_objects {
-            Some(globs) if !globs.iter().any(|g| tenancy::glob_match(g, object)) => Err(StoreError::ObjectNotAllowed {
-                store: self.key.clone(),
-                namespace: self.namespace.clone(),
-                object: object.to_string(),
-            }),
-            _ => Ok(()),
-        }
+        tenancy::check_object(&self.key, &self.namespace, self.allowed_objects.as_deref(), object)
     }
 }
 
@@ -254,6 +247,7 @@ impl Stores {
         requester: Requester<'_>,
     ) -> Result<ResolvedStore, StoreError> {
         let found = self.find(namespace, store_ref).await?;
+        vaultsync_backend::audit::set_store(&found.key);
         let backend = self
             .backend(
                 &found.key,
@@ -314,11 +308,7 @@ impl Stores {
                 } else {
                     None
                 };
-                let matching = tenancy::matching(conditions, namespace, labels.as_ref());
-                if matching.is_empty() {
-                    return Err(StoreError::NamespaceNotAllowed { store: key, namespace: namespace.into() });
-                }
-                let allowed_objects = tenancy::allowed_objects(&matching);
+                let allowed_objects = tenancy::admit(&key, conditions, namespace, labels.as_ref())?;
                 Ok(Found {
                     key,
                     generation: store.metadata.generation.unwrap_or_default(),
@@ -344,7 +334,9 @@ impl Stores {
             .backend(key, generation, provider, budget, store_namespace, &Requester::Operator)
             .await
             .map_err(|e| (e.store_reason(), e.to_string()))?;
-        backend.check().await.map_err(|e| {
+        let checked = backend.check().await;
+        vaultsync_backend::audit::check(backend.identity(), key, &checked);
+        checked.map_err(|e| {
             if matches!(e, vaultsync_backend::Error::Unauthenticated { .. }) {
                 self.forget(key);
             }

@@ -7,6 +7,35 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt as _};
 use vaultsync_api::store::NamespaceCondition;
 
+use crate::StoreError;
+
+/// Whether `namespace` (with `labels`, when [`needs_labels`] says they are needed) may use the ClusterVaultStore
+/// `store` (its key) under `conditions`: the object globs it may read (`None`: every object), or the refusal.
+pub fn admit(
+    store: &str,
+    conditions: &[NamespaceCondition],
+    namespace: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Result<Option<Vec<String>>, StoreError> {
+    let matching = matching(conditions, namespace, labels);
+    if matching.is_empty() {
+        return Err(StoreError::NamespaceNotAllowed { store: store.into(), namespace: namespace.into() });
+    }
+    Ok(allowed_objects(&matching))
+}
+
+/// Refuses `object` when it is outside the globs `allowed` (`None`: every object is allowed).
+pub fn check_object(store: &str, namespace: &str, allowed: Option<&[String]>, object: &str) -> Result<(), StoreError> {
+    match allowed {
+        Some(globs) if !globs.iter().any(|g| glob_match(g, object)) => Err(StoreError::ObjectNotAllowed {
+            store: store.into(),
+            namespace: namespace.into(),
+            object: object.into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a namespace with `labels` matches `selector`. A selector that cannot be evaluated (an unknown operator,
 /// which admission normally refuses) matches nothing: refusing is the safe side.
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {

@@ -69,7 +69,9 @@ pub(super) async fn find(
 ) -> Result<Entries, NotSynced> {
     let openbao = matches!(store.backend.identity().endpoint, vaultsync_backend::Endpoint::OpenBao { .. });
     let name = data_from::find_name(find, index, openbao)?;
-    let listed = store.backend.list(&find.path).await?;
+    let listed = store.backend.list(&find.path).await;
+    vaultsync_backend::audit::list(store.backend.identity(), &find.path, &listed);
+    let listed = listed?;
     let now = Timestamp::now().as_second();
     let selected = data_from::selected(listed, find, name.as_ref(), |n| store.check_object(n).is_ok());
     let data_from::Readable { names, skipped } = data_from::readable(selected, find, now)?;

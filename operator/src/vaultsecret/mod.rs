@@ -52,6 +52,7 @@ mod cleanup;
 mod data_from;
 mod find;
 mod objects;
+pub mod offline;
 pub mod plan;
 mod read;
 mod status;
@@ -241,6 +242,7 @@ pub fn controller(
     .default_backoff()
     .applied_objects()
     .predicate_filter(spec_or_request_changed, Default::default());
+    metrics.watch_vault_secrets(reader.clone());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
     // Stores: only spec changes matter here (not the status the store controller writes), and the
@@ -422,6 +424,7 @@ async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Er
         }
         sync.sync().await
     };
+    let work = vaultsync_backend::audit::scope(format!("VaultSecret {object}"), work);
     match tokio::time::timeout(ctx.reconcile_timeout, work).await {
         Ok(Err(Error::Finalizer { source, .. })) => {
             // Typically a right the operator lacks: say so where users look, not only in the log.

@@ -132,15 +132,8 @@ impl Sync<'_> {
         let version = secret.version.clone();
         let output_for_check = output.clone();
         let rendered = tokio::task::spawn_blocking(move || {
-            let spec = ObjectSpec {
-                object: &remote.name,
-                kind: vault_object(&remote).kind,
-                format,
-                property: remote.property.as_deref(),
-                decoding: render::decoding(remote.decoding),
-                password: password.as_deref().map(String::as_str),
-                output_password: output.as_deref().map(String::as_str),
-            };
+            let spec =
+                object_spec(&remote, password.as_deref().map(String::as_str), output.as_deref().map(String::as_str));
             let rendered = object::render_object(&secret, &spec)?;
             // The bundle, to compare a PFX written before with.
             let bundle = (format == Format::Pfx).then(|| object::certificate_bundle(&secret, &spec)).transpose()?;
@@ -183,17 +176,7 @@ impl Sync<'_> {
         let remote = item.remote_ref.clone();
         let secret_for_parse = secret.clone();
         let parsed = tokio::task::spawn_blocking(move || {
-            let spec = ObjectSpec {
-                object: &remote.name,
-                decoding: render::decoding(remote.decoding),
-                password: password.as_deref().map(String::as_str),
-                ..Default::default()
-            };
-            let bundle = object::certificate_bundle(&secret_for_parse, &spec)?;
-            let certificate = |problem| RenderError::Certificate { object: remote.name.clone(), problem };
-            let key = bundle.key_pem().map_err(certificate)?;
-            let validity = bundle.validity().map_err(certificate)?;
-            Ok::<_, RenderError>((bundle.chain_pem(), key, validity))
+            split_bundle(&remote, &secret_for_parse, password.as_deref().map(String::as_str))
         })
         .await
         .map_err(|_| NotSynced::new("InvalidValue", "rendering an object failed", Duration::from_secs(120)))?;
@@ -236,9 +219,45 @@ impl Sync<'_> {
     }
 }
 
+/// What to make of a `data` item's object.
+pub(super) fn object_spec<'a>(
+    remote: &'a RemoteRef,
+    password: Option<&'a str>,
+    output_password: Option<&'a str>,
+) -> ObjectSpec<'a> {
+    ObjectSpec {
+        object: &remote.name,
+        kind: vault_object(remote).kind,
+        format: format(remote.format),
+        property: remote.property.as_deref(),
+        decoding: render::decoding(remote.decoding),
+        password,
+        output_password,
+    }
+}
+
+/// A certificate's secret split: the chain (leaf to root) as PEM, the key (PKCS#8) and the leaf's validity.
+pub(super) fn split_bundle(
+    remote: &RemoteRef,
+    secret: &FetchedSecret,
+    password: Option<&str>,
+) -> Result<(String, Zeroizing<String>, Validity), RenderError> {
+    let spec = ObjectSpec {
+        object: &remote.name,
+        decoding: render::decoding(remote.decoding),
+        password,
+        ..Default::default()
+    };
+    let bundle = object::certificate_bundle(secret, &spec)?;
+    let certificate = |problem| RenderError::Certificate { object: remote.name.clone(), problem };
+    let key = bundle.key_pem().map_err(certificate)?;
+    let validity = bundle.validity().map_err(certificate)?;
+    Ok((bundle.chain_pem(), key, validity))
+}
+
 /// Whether an item's object is a certificate's secret (by its content type, or because a certificate format was
 /// asked for).
-fn is_certificate(item: &DataItem, secret: &FetchedSecret) -> bool {
+pub(super) fn is_certificate(item: &DataItem, secret: &FetchedSecret) -> bool {
     item.remote_ref.object_type == ObjectType::Secret
         && item.remote_ref.property.is_none()
         && (matches!(secret.content_type.as_deref(), Some(PKCS12_CONTENT_TYPE | PEM_CONTENT_TYPE))

@@ -21,7 +21,7 @@ pub const TEMPLATE_VERSION: &str = "template";
 
 /// What templates make besides data; empty when there is no template.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SecretMeta {
+pub struct SecretMeta {
     pub type_: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
@@ -74,18 +74,11 @@ impl Sync<'_> {
 
     /// The data templates: (name for messages, Secret key, source), inline ones then those from ConfigMaps.
     async fn template_sources(&self, template: &SecretTemplate) -> Result<Vec<(String, String, String)>, NotSynced> {
-        let mut sources: Vec<(String, String, String)> = template
-            .data
-            .iter()
-            .map(|(key, source)| (format!("target.template.data[{key:?}]"), key.clone(), source.clone()))
-            .collect();
+        let mut sources = inline_sources(template);
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         for (index, from) in template.template_from.iter().enumerate() {
             let reference = &from.config_map;
-            let name = format!(
-                "target.template.templateFrom[{index}] (ConfigMap {}, key {:?}) for key {:?}",
-                reference.name, reference.key, from.secret_key
-            );
+            let name = template_from_name(index, from);
             let config_map = api.get_opt(&reference.name).await.map_err(|e| {
                 NotSynced::apiserver("TemplateError", &format!("reading ConfigMap {}", reference.name), &e)
             })?;
@@ -104,10 +97,28 @@ impl Sync<'_> {
     }
 }
 
+/// The inline data templates: (name for messages, Secret key, source).
+pub(super) fn inline_sources(template: &SecretTemplate) -> Vec<(String, String, String)> {
+    template
+        .data
+        .iter()
+        .map(|(key, source)| (format!("target.template.data[{key:?}]"), key.clone(), source.clone()))
+        .collect()
+}
+
+/// The name a `templateFrom` entry's template has in messages.
+pub(super) fn template_from_name(index: usize, from: &vaultsync_api::secret::TemplateFrom) -> String {
+    let reference = &from.config_map;
+    format!(
+        "target.template.templateFrom[{index}] (ConfigMap {}, key {:?}) for key {:?}",
+        reference.name, reference.key, from.secret_key
+    )
+}
+
 type Rendered = (SecretData, BTreeMap<String, String>, SecretMeta);
 
 /// Renders every template over `data`.
-fn render_all(
+pub(super) fn render_all(
     template: &SecretTemplate,
     sources: Vec<(String, String, String)>,
     data: SecretData,

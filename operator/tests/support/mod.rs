@@ -147,6 +147,26 @@ impl Env {
         vaultsync_e2e::liveness::spawn(name, vaultsync_operator::run_with_client(client, args))
     }
 
+    /// An Entra test server acting as the machine's managed identity (instance metadata service), issuing the token
+    /// the test vault accepts; the operator is restarted to use it.
+    pub async fn use_managed_identity(&mut self) -> vaultsync_e2e::entra::EntraServer {
+        let identity = vaultsync_e2e::entra::ManagedIdentity {
+            client_id: None,
+            access_token: format!("token-for-{}", self.ns.name),
+        };
+        let entra = vaultsync_e2e::entra::EntraServer::builder(None)
+            .managed_identity(identity)
+            .resource(self.vault.challenge_resource())
+            .start()
+            .await
+            .expect("entra");
+        self.stop_operator().await;
+        let mut args = self.operator_args();
+        args.imds_endpoint = entra.metadata_endpoint();
+        self.start_operator_with(args);
+        entra
+    }
+
     /// Remembers secret values used outside the Key Vault test server, for [`Env::finish`]'s scan.
     pub fn remember_values(&self, values: &[&str]) {
         self.values.lock().expect("values lock").extend(values.iter().map(|v| v.to_string()));
@@ -200,6 +220,21 @@ impl Env {
             .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
             .await
             .expect("applying the store");
+    }
+
+    /// Applies a ClusterVaultStore `name` on the test's vault, reading with the test namespace's account, open to
+    /// the namespaces `conditions` name.
+    pub async fn apply_cluster_store(&self, name: &str, conditions: Value) {
+        let mut spec = self.store_spec();
+        spec["provider"]["azureKeyVault"]["auth"]["workloadIdentity"]["serviceAccountRef"]["namespace"] =
+            json!(self.ns.name);
+        spec["conditions"] = conditions;
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "ClusterVaultStore",
+            "metadata": { "name": name }, "spec": spec });
+        kube::Api::<vaultsync_api::ClusterVaultStore>::all(self.ns.client.clone())
+            .patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body))
+            .await
+            .expect("applying the ClusterVaultStore");
     }
 
     /// Applies a VaultSecret (as a user would, with kubectl apply).
