@@ -125,8 +125,11 @@ impl ReadCache {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        entry.read_unix = unix_now();
+        // Recorded only with the read's result: a read abandoned half-way (a reconcile timeout) leaves the earlier
+        // result, which must keep the time it was read at, or a list would vouch for it as if it were newer.
+        let started_unix = unix_now();
         let result = backend.get(object).await;
+        entry.read_unix = started_unix;
         crate::audit::read(backend.identity(), object, &result, crate::audit::Source::Vault);
         entry.read = Some((Instant::now(), result.clone()));
         drop(entry);
