@@ -361,8 +361,8 @@ async fn the_bad_input_corpus_gets_its_outcomes() {
     env.finish().await;
 }
 
-/// Found by the corpus: a spec change whose write the apiserver refuses (a Secret type whose required keys the data
-/// lacks) was reported `SecretWriteFailed` once, and then `Synced` by the next attempt, which found the data
+/// Found by the corpus: a spec change whose write the apiserver refuses (a Secret type whose required key the data
+/// lacks; the operator itself refuses the TLS type without its keys, so the Docker config type stands in) was reported `SecretWriteFailed` once, and then `Synced` by the next attempt, which found the data
 /// unchanged and wrote nothing, so the spec was never applied and nobody was told. Every later attempt must try the
 /// write again and keep saying why it fails.
 #[tokio::test]
@@ -373,7 +373,7 @@ async fn a_refused_spec_change_is_never_reported_synced() {
     env.wait_secret_value("typed", "value", "corpus-spec-value").await;
     env.wait_reason("typed", "Synced").await;
     let mut spec = support::one_key("value", "good");
-    spec["target"] = json!({ "type": "kubernetes.io/tls" });
+    spec["target"] = json!({ "type": "kubernetes.io/dockerconfigjson" });
     spec["refreshInterval"] = json!("10s"); // a failure is retried within 10 s
     env.apply_vault_secret("typed", spec).await;
     // The positive signals: the write was refused, and the operator tried again and was refused again.
