@@ -33,6 +33,7 @@ pub const OBJECT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.data) ? size(self.data) : 0) + (has(self.dataFrom) ? size(self.dataFrom) : 0) > 0").message("data or dataFrom must name at least one object"))]
+#[x_kube(validation = Rule::new("!has(self.rollout) || !has(self.target) || !has(self.target.creationPolicy) || self.target.creationPolicy != 'None'").message("rollout rolls workloads when the Secret changes; with creationPolicy None there is no Secret (mounted files rotate in place)"))]
 pub struct VaultSecretSpec {
     pub store_ref: StoreRef,
     /// How often the vault is read again, from `10s` to `8760h`; `0` reads once.
@@ -431,6 +432,10 @@ pub enum CreationPolicy {
     Orphan,
     /// Merges the keys into an existing Secret, which must exist; other keys are left alone.
     Merge,
+    /// No Secret: the VaultSecret only says what CSI volumes naming it mount (the point of mounting is not to have a
+    /// Secret). The operator checks its store, namespace and objects and reports them in the status; it reads
+    /// nothing from the vault.
+    None,
 }
 
 /// What happens to the Secret's data when the VaultSecret is deleted.

@@ -150,6 +150,9 @@ async fn check_target(kube: &Kube, vs: &VaultSecret) -> anyhow::Result<Option<Di
         Err(e) => return Err(e.into()),
     };
     let policy = vs.spec.target.creation_policy;
+    if policy == CreationPolicy::None {
+        return Ok(None); // no Secret to write, so none to own
+    }
     Ok(match found {
         None if policy == CreationPolicy::Merge => Some(problem(
             "TargetNotFound",

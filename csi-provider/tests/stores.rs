@@ -24,7 +24,9 @@ async fn a_vault_secret_is_mounted_with_the_pods_identity_in_both_modes() {
         { "secretKey": "password", "remoteRef": { "name": "db-password" } },
         { "secretKey": "host", "remoteRef": { "name": "db-config", "property": "host" } },
     ]);
-    apply_vault_secret(&ns, &azure, "app-web", "db-files", json!({ "data": data })).await;
+    // Mount-only (`creationPolicy: None`): the operator would write no Secret for it; the mapping serves the mounts.
+    let spec = json!({ "data": data, "target": { "creationPolicy": "None" } });
+    apply_vault_secret(&ns, &azure, "app-web", "db-files", spec).await;
     let plugin = Plugin::start_with_stores(&[], ns.client.clone()).await;
 
     // Mode 1: a SecretProviderClass with `vaultSecret: db-files`.

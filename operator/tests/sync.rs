@@ -317,3 +317,29 @@ async fn the_target_type_labels_and_annotations_follow_the_spec() {
     assert_eq!(updated.data.expect("data")["username"].0, b"app-user");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_mount_only_vault_secret_writes_no_secret_and_reads_nothing() {
+    let env = Env::start("sync-mount-only").await;
+    env.vault.set_secret("mounted", "never-in-a-secret");
+    let mut spec = one_key("k", "mounted");
+    spec["target"] = json!({ "creationPolicy": "None" });
+    env.apply_vault_secret("files-only", spec.clone()).await;
+    // The operator looked (its status), and neither wrote a Secret nor asked the vault.
+    let vs = env.wait_reason("files-only", "MountOnly").await;
+    let ready = vs.status.expect("status").conditions.into_iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert_eq!(ready.status, "True");
+    assert!(ready.message.contains("pod's own identity"), "{}", ready.message);
+    assert!(env.secret("files-only").await.is_none(), "no Secret for a mount-only VaultSecret");
+    assert_eq!(env.vault.calls(Op::GetSecret), 0, "nothing read from the vault");
+    assert!(vs.metadata.finalizers.unwrap_or_default().is_empty(), "nothing to clean up, so no finalizer");
+
+    // Its store is still checked: a missing one is reported as for any VaultSecret.
+    spec["storeRef"] = json!({ "name": "no-such-store" });
+    env.apply_vault_secret("files-only", spec).await;
+    let vs = env.wait_reason("files-only", "StoreNotReady").await;
+    assert_eq!(vs.status.and_then(|s| s.observed_generation), vs.metadata.generation);
+    assert_eq!(env.vault.calls(Op::GetSecret), 0);
+    env.remember_values(&["never-in-a-secret"]);
+    env.finish().await;
+}

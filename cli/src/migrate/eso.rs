@@ -175,18 +175,9 @@ fn target(source: &mut Source<'_>, migration: &mut Migration) -> Value {
     if let Some(name) = source.str("spec.target.name") {
         target["name"] = json!(name);
     }
-    match source.str("spec.target.creationPolicy") {
-        Some(policy @ ("Owner" | "Orphan" | "Merge")) => target["creationPolicy"] = json!(policy),
-        Some("None") => {
-            target["creationPolicy"] = json!("Merge");
-            source.note(
-                migration,
-                "spec.target.creationPolicy",
-                "None (write nothing) has no counterpart; Merge is used, which writes vaultsync's keys into the \
-                 existing Secret",
-            );
-        }
-        _ => {}
+    // ESO's None writes nothing; vaultsync's None writes nothing and reads nothing (the VaultSecret serves mounts).
+    if let Some(policy @ ("Owner" | "Orphan" | "Merge" | "None")) = source.str("spec.target.creationPolicy") {
+        target["creationPolicy"] = json!(policy);
     }
     match source.str("spec.target.deletionPolicy") {
         Some(policy @ ("Retain" | "Delete")) => target["deletionPolicy"] = json!(policy),

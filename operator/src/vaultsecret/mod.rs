@@ -376,7 +376,8 @@ fn spec_or_request_changed(vs: &VaultSecret) -> Option<u64> {
 /// reference (`Orphan`), or take vaultsync's keys out of someone's Secret (`Merge`). `Owner` with `Delete` gives the
 /// Secret an owner reference and the garbage collector removes it; `Retain` leaves it.
 pub fn needs_finalizer(vs: &VaultSecret) -> bool {
-    vs.spec.target.deletion_policy == DeletionPolicy::Delete && vs.spec.target.creation_policy != CreationPolicy::Owner
+    vs.spec.target.deletion_policy == DeletionPolicy::Delete
+        && matches!(vs.spec.target.creation_policy, CreationPolicy::Orphan | CreationPolicy::Merge)
 }
 
 /// The VaultSecrets that use a store (in `namespace` for a VaultStore).

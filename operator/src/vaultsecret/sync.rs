@@ -39,6 +39,9 @@ impl Sync<'_> {
         {
             return self.not_synced(NotSynced::invalid_spec(message)).await;
         }
+        if self.vs.spec.target.creation_policy == vaultsync_api::secret::CreationPolicy::None {
+            return self.mount_only(&status).await;
+        }
         let requested = self.ctx.requested.lock().expect("requested lock").remove(&self.map_key());
         let now = Timestamp::now();
         let phase = match interval {
@@ -69,6 +72,34 @@ impl Sync<'_> {
             Err(Failure::NotSynced(failure)) => self.not_synced(failure).await,
             Err(Failure::Kube(error)) => Err(error),
         }
+    }
+
+    /// `creationPolicy: None`: no Secret and no vault read (CSI volumes read with the pod's identity); the store,
+    /// namespace and objects are checked so that the status says whether a mount can work.
+    async fn mount_only(&self, status: &VaultSecretStatus) -> Result<Action, Error> {
+        let store = match self.ctx.stores.resolve(&self.namespace, &self.vs.spec.store_ref, Requester::Operator).await {
+            Ok(store) => store,
+            Err(error) => return self.not_synced(NotSynced::from(error)).await,
+        };
+        if let Err(failure) = self.check_allowed(&store) {
+            return self.not_synced(failure).await;
+        }
+        let message = format!(
+            "no Secret is written (creationPolicy None); CSI volumes naming this VaultSecret read from {} with the \
+             pod's own identity",
+            store.key
+        );
+        let now = Timestamp::now();
+        let new_status = VaultSecretStatus {
+            conditions: vec![self.condition(status, "True", "MountOnly", message, now)],
+            observed_generation: self.vs.metadata.generation,
+            ..VaultSecretStatus::default()
+        };
+        if new_status != *status {
+            self.patch_status(&new_status).await?;
+        }
+        self.ctx.metrics.sync("mount_only");
+        Ok(Action::await_change())
     }
 
     /// Nothing is due: whether the Secret still holds what was written, healing it from memory if it was changed or
