@@ -21,6 +21,8 @@ use crate::{Backend, Error, Identity, ListedUpdates};
 const REFUSED_FOR: Duration = Duration::from_secs(3600);
 /// How long after a failed list (throttled, unavailable) listing is tried again.
 const FAILED_FOR: Duration = Duration::from_secs(60);
+/// A list vouches for reads for this share of the age they accept (a fifth: a refresh round and some slack).
+const LIST_SERVES: u32 = 5;
 /// A cached read is trusted to match a list only if it was made this long after the `updated` time it carries:
 /// `updated` has whole seconds, and a new version written in the same second as the cached one would show the
 /// same time. The margin also covers clocks a few seconds apart.
@@ -73,7 +75,7 @@ impl ListIndex {
         state.try_lock().ok()?.refused.clone()
     }
 
-    /// The time a list showed `name` still at `updated`, if there is a list no older than `max_age` taken after
+    /// The time a list showed `name` still at `updated`, if there is a list no older than a fifth of `max_age` taken after
     /// `read_at` (the cached read's time), taking one when `demand` (the identity's cached secrets that will need a
     /// refresh) is more than the pages a list costs. `None`: read the object.
     pub async fn confirms(
@@ -91,7 +93,9 @@ impl ListIndex {
         let state = self.state(backend.identity());
         // Reads waiting here share the list the first one takes.
         let mut state = state.lock().await;
-        let usable = |s: &Snapshot| s.at > read_at && s.at.elapsed() < max_age;
+        // A list serves one refresh round (the operator brings a store's refreshes together in a tenth of the
+        // interval), not the whole window: a change listed after it would wait another interval.
+        let usable = |s: &Snapshot| s.at > read_at && s.at.elapsed() < max_age / LIST_SERVES;
         let snapshot = match state.snapshot.clone().filter(|s| usable(s)) {
             Some(snapshot) => snapshot,
             None => {

@@ -186,6 +186,15 @@ pub fn phase(uid: &str, interval: Duration) -> Duration {
     Duration::from_millis(hash % millis)
 }
 
+/// A VaultSecret's slot within `interval`: its store's round (every VaultSecret of a store comes due within the
+/// first tenth of the interval after the store's own phase, so that one list of a Key Vault serves the whole round)
+/// plus an offset within that tenth from what it reads (VaultSecrets reading the same objects share it, and so one
+/// read).
+pub fn slot_phase(store: &str, reads: &str, interval: Duration) -> Duration {
+    let slot = phase(store, interval) + phase(reads, interval / 10);
+    if slot >= interval { slot - interval } else { slot }
+}
+
 /// The first slot (a time `k * interval + phase` after the Unix epoch) at least nine tenths of an interval after
 /// `last_read`. `None` only if the time cannot be represented.
 pub fn next_due(last_read: Timestamp, interval: Duration, phase: Duration) -> Option<Timestamp> {
@@ -371,6 +380,20 @@ mod tests {
             buckets[(p.as_secs() / 10) as usize] += 1;
         }
         assert!(buckets.iter().all(|b| (800..1200).contains(b)), "ten buckets of about 1000: {buckets:?}");
+    }
+
+    #[test]
+    fn a_stores_vault_secrets_come_due_within_a_tenth_of_the_interval() {
+        let interval = Duration::from_secs(100);
+        let round = phase("VaultStore/team-a/kv", interval);
+        for i in 0..1000 {
+            let slot = slot_phase("VaultStore/team-a/kv", &format!("obj-{i}"), interval);
+            // Past the round's start by less than a tenth, wrapping at the interval's end.
+            let after = if slot >= round { slot - round } else { slot + interval - round };
+            assert!(after < interval / 10, "{slot:?} is {after:?} after the round at {round:?}");
+        }
+        assert_eq!(slot_phase("s", "same objects", interval), slot_phase("s", "same objects", interval));
+        assert_ne!(phase("VaultStore/team-a/kv", interval), phase("VaultStore/team-b/kv", interval));
     }
 
     #[test]

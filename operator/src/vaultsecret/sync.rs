@@ -45,7 +45,7 @@ impl Sync<'_> {
         let requested = self.ctx.requested.lock().expect("requested lock").remove(&self.map_key());
         let now = Timestamp::now();
         let phase = match interval {
-            Interval::Every(every) => plan::phase(&self.reads_key(), every),
+            Interval::Every(every) => plan::slot_phase(&self.store_key(), &self.reads_key(), every),
             Interval::Once => Duration::ZERO,
         };
         let facts = Facts {
@@ -229,6 +229,14 @@ impl Sync<'_> {
 
     /// What this VaultSecret reads (store and objects): its refresh slots come from this, so that VaultSecrets
     /// reading the same objects refresh together and share one read.
+    fn store_key(&self) -> String {
+        let store = &self.vs.spec.store_ref;
+        match store.kind {
+            StoreKind::VaultStore => format!("VaultStore/{}/{}", self.namespace, store.name),
+            StoreKind::ClusterVaultStore => format!("ClusterVaultStore/{}", store.name),
+        }
+    }
+
     fn reads_key(&self) -> String {
         let spec = &self.vs.spec;
         let mut objects: Vec<String> = spec
@@ -238,11 +246,7 @@ impl Sync<'_> {
             .chain(spec.data_from.iter().map(|d| format!("{d:?}")))
             .collect();
         objects.sort();
-        let store = match spec.store_ref.kind {
-            StoreKind::VaultStore => format!("VaultStore/{}/{}", self.namespace, spec.store_ref.name),
-            StoreKind::ClusterVaultStore => format!("ClusterVaultStore/{}", spec.store_ref.name),
-        };
-        format!("{store}|{}", objects.join("|"))
+        format!("{}|{}", self.store_key(), objects.join("|"))
     }
 }
 

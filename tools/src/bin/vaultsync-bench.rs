@@ -622,8 +622,8 @@ impl Bench {
         self.start_operator("operator-restarted", true).await?;
         let op = self.operator()?;
         let started = Instant::now();
-        // Done when `unchanged` syncs reach N (each VaultSecret is looked at once on start; a
-        // Secret event may add a second look) and nothing is in flight for two scrapes in a row.
+        // Done when every VaultSecret was looked at (`checked`: nothing due, the Secret compared; `unchanged` or
+        // `synced`: read) and nothing is in flight for two scrapes in a row.
         let mut reconciled_after = None;
         let mut quiet = 0;
         let deadline = Duration::from_secs(120);
@@ -632,7 +632,8 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(500)).await;
             self.watch_sockets();
             let m = op.scrape().await?;
-            let looked = m.get("vaultsync_syncs_total{result=\"unchanged\"}")
+            let looked = m.get("vaultsync_syncs_total{result=\"checked\"}")
+                + m.get("vaultsync_syncs_total{result=\"unchanged\"}")
                 + m.get("vaultsync_syncs_total{result=\"synced\"}");
             if reconciled_after.is_none() && looked >= n as f64 {
                 reconciled_after = Some(started.elapsed());
@@ -651,7 +652,7 @@ impl Bench {
             }
         }
         let how = match reconciled_after {
-            Some(_) => "until syncs_total{unchanged+synced} >= N and nothing in flight".to_string(),
+            Some(_) => "until syncs_total{checked+unchanged+synced} >= N and nothing in flight".to_string(),
             None => {
                 progress!(self.started, "  restart: syncs_total did not reach N in {deadline:?}; measured after it");
                 format!("fixed wait of {deadline:?} (syncs_total did not reach N)")
