@@ -56,8 +56,9 @@ use vaultsync_operator::args::parse_duration;
 const READER_SA: &str = "vaultsync-reader";
 const ACCESS_TOKEN: &str = "bench-access-token";
 const FIELD_MANAGER: &str = "vaultsync-bench";
-/// `--interval` times this is the window of one refresh cycle (the operator adds up to 10% jitter).
-const CYCLE: f64 = 1.15;
+/// `--interval` times this is the longest a refresh cycle is waited for (a store's round comes at most 1.9 intervals
+/// after a read, and lasts a tenth of one).
+const CYCLE: f64 = 2.1;
 
 #[derive(clap::Parser, Debug)]
 #[command(name = "vaultsync-bench", about = "Measures the vaultsync operator on the local control plane")]
@@ -66,7 +67,8 @@ struct Flags {
     #[arg(long, default_value_t = 1000)]
     count: usize,
 
-    /// The refreshInterval of every VaultSecret; one refresh cycle is measured over 1.15 times this.
+    /// The refreshInterval of every VaultSecret; a refresh cycle is measured until every VaultSecret was refreshed once
+    /// (at most 2.1 times this).
     #[arg(long, default_value = "60s")]
     interval: String,
 
@@ -358,6 +360,7 @@ impl Bench {
         Ok(report)
     }
 
+    /// The longest a refresh cycle is waited for: a store's round is at most 1.9 intervals after a read.
     fn window(&self) -> Duration {
         self.interval.mul_f64(CYCLE)
     }
@@ -556,18 +559,29 @@ impl Bench {
         Ok(figures)
     }
 
-    /// Measures one refresh cycle of the VaultSecrets in the first namespace: one interval plus jitter.
+    /// Measures one refresh cycle of the VaultSecrets in the first namespace: until every one of them was refreshed
+    /// once (a store's VaultSecrets come due together, in its round, which may be up to 1.9 intervals away), at most
+    /// `window()`.
     async fn cycle(&self, what: &str) -> anyhow::Result<CycleFigures> {
         let before = self.snapshot(true).await?;
+        let looked = |m: &Scrape| {
+            m.get("vaultsync_syncs_total{result=\"unchanged\"}") + m.get("vaultsync_syncs_total{result=\"synced\"}")
+        };
+        let looked_before = looked(&before.operator);
+        let n = self.flags.count as f64;
         let window = self.window();
-        let mut elapsed = Duration::ZERO;
+        let started = Instant::now();
         let mut next_line = Duration::from_secs(15);
-        while elapsed < window {
-            let step = Duration::from_secs(1).min(window - elapsed);
-            tokio::time::sleep(step).await;
-            elapsed += step;
+        while started.elapsed() < window {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             self.watch_sockets();
-            if elapsed < next_line && elapsed < window {
+            let elapsed = started.elapsed();
+            let m = self.operator()?.scrape().await?;
+            // One round done: every VaultSecret refreshed, and nothing in flight.
+            if looked(&m) - looked_before >= n && m.get("vaultsync_reconciles_in_flight") == 0.0 {
+                break;
+            }
+            if elapsed < next_line {
                 continue;
             }
             next_line += Duration::from_secs(15);
@@ -575,7 +589,7 @@ impl Bench {
             let delta = now.since(&before);
             progress!(
                 self.started,
-                "  {what}: {:>5.1}s of {:.0}s, backend reads {}, list calls {}, operator writes {}",
+                "  {what}: {:>5.1}s of at most {:.0}s, backend reads {}, list calls {}, operator writes {}",
                 elapsed.as_secs_f64(),
                 window.as_secs_f64(),
                 delta.reads,
@@ -583,6 +597,7 @@ impl Bench {
                 delta.operator_writes()
             );
         }
+        let window = started.elapsed();
         let after = self.snapshot(true).await?;
         let vault_secrets = self.ns_own.api::<VaultSecret>().list(&ListParams::default()).await?.items.len();
         let delta = after.since(&before);
