@@ -332,13 +332,7 @@ fn rand_u128() -> u128 {
 
 #[tokio::test]
 async fn the_bad_input_corpus_gets_its_outcomes() {
-    let mut env = Env::start("corpus").await;
-    let grid = EventGrid::new(&env.ns.name);
-    env.stop_operator().await;
-    let mut args = env.operator_args();
-    grid.configure(&mut args);
-    env.start_operator_with(args);
-    grid.wait_listening().await;
+    let (env, grid) = Env::start_with_event_grid("corpus").await;
 
     let mut total = 0;
     let mut wrong = Vec::new();

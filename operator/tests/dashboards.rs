@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::Deployment;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
-use support::{Env, EventGrid, one_key};
+use support::{Env, one_key};
 use vaultsync_e2e::chart::HelmTools;
 
 /// The queries of the rendered chart's dashboard and alert rules.
@@ -53,14 +53,8 @@ fn metric_names(query: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn every_series_the_dashboard_and_alerts_use_is_exported() {
-    let mut env = Env::start("dashboards").await;
     // The Event Grid endpoint on, so vault event metrics exist; a delivery without the key is counted.
-    let grid = EventGrid::new(&env.ns.name);
-    env.stop_operator().await;
-    let mut args = env.operator_args();
-    grid.configure(&mut args);
-    env.start_operator_with(args);
-    grid.wait_listening().await;
+    let (env, grid) = Env::start_with_event_grid("dashboards").await;
     assert_eq!(grid.request("POST", "/eventgrid", &[], b"[]").await.status, 401);
     // A workload using the Secret, labelled for rollouts: its first check is counted.
     let deployment: Deployment = serde_json::from_value(json!({

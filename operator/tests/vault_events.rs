@@ -10,16 +10,8 @@ use serde_json::{Value, json};
 use support::{Env, EventGrid, metric_sum, one_key};
 use vaultsync_e2e::keyvault::Op;
 
-/// The operator with its Event Grid endpoint on (a free port, a key file in a temp folder), and the store `kv`.
 async fn start(prefix: &str) -> (Env, EventGrid) {
-    let mut env = Env::start(prefix).await;
-    env.stop_operator().await;
-    let grid = EventGrid::new(&env.ns.name);
-    let mut args = env.operator_args();
-    grid.configure(&mut args);
-    env.start_operator_with(args);
-    grid.wait_listening().await;
-    (env, grid)
+    Env::start_with_event_grid(prefix).await
 }
 
 /// A VaultSecret reading `object` into key `value`, refreshed hourly: only an event refreshes it soon.

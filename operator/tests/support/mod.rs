@@ -130,6 +130,18 @@ impl Env {
         ])
     }
 
+    /// The operator with its Event Grid endpoint on (a free port, a key file in a temp folder), and the store `kv`.
+    pub async fn start_with_event_grid(prefix: &str) -> (Env, EventGrid) {
+        let mut env = Env::start(prefix).await;
+        env.stop_operator().await;
+        let grid = EventGrid::new(&env.ns.name);
+        let mut args = env.operator_args();
+        grid.configure(&mut args);
+        env.start_operator_with(args);
+        grid.wait_listening().await;
+        (env, grid)
+    }
+
     pub fn start_operator(&mut self) {
         let args = self.operator_args();
         self.start_operator_with(args);
