@@ -28,6 +28,12 @@ fn unix_now() -> i64 {
 }
 
 type Key = (Identity, ObjectRef);
+
+/// An entry is kept this many times the oldest age any caller accepts (at least): a VaultSecret's next refresh round
+/// may come up to 1.9 intervals after its last read (its store's rounds, not its own read, set the time), and a list
+/// can vouch for the entry then only if it is still here. VaultSecrets created over more than an interval would
+/// otherwise have the first ones' entries pruned before their first round, and every one read again.
+const KEEP_FACTOR: u32 = 3;
 type Slot = Arc<tokio::sync::Mutex<Entry>>;
 
 /// A slot's last read, and the oldest age any caller accepted for it (how long it is worth keeping).
@@ -137,8 +143,9 @@ impl ReadCache {
         result
     }
 
-    /// Drops entries older than any caller accepted, so the cache holds only what is in use. Checked when the
-    /// cache has grown past a size worth looking at, and at most every few seconds.
+    /// Drops entries that no round can use any more ([`KEEP_FACTOR`] times older than any caller accepted), so the
+    /// cache holds only what is in use. Checked when the cache has grown past a size worth looking at, and at most
+    /// every few seconds.
     fn prune(&self) {
         let mut slots = self.slots.lock().expect("cache lock");
         if slots.len() < 1024 {
@@ -152,7 +159,7 @@ impl ReadCache {
             *last = Some(Instant::now());
         }
         slots.retain(|_, slot| match slot.try_lock() {
-            Ok(entry) => entry.read.as_ref().is_some_and(|(at, _)| at.elapsed() < entry.keep),
+            Ok(entry) => entry.read.as_ref().is_some_and(|(at, _)| at.elapsed() < entry.keep * KEEP_FACTOR),
             Err(_) => true,
         });
     }
@@ -167,5 +174,82 @@ impl ReadCache {
     pub fn invalidate(&self, name: &str) {
         // Key Vault names are case-insensitive, and events may spell them differently.
         self.slots.lock().expect("cache lock").retain(|(_, object), _| !object.name.eq_ignore_ascii_case(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::{Attributes, Checked, Endpoint, Listed, ListedUpdates, Principal, SecretBytes};
+
+    /// A vault of `objects` secrets, all last updated long ago, that counts GETs and lists.
+    struct Counting {
+        identity: Identity,
+        objects: usize,
+        gets: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    impl Backend for Counting {
+        fn identity(&self) -> &Identity {
+            &self.identity
+        }
+        fn get<'a>(&'a self, _: &'a ObjectRef) -> BoxFuture<'a, Result<FetchedSecret>> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async {
+                Ok(FetchedSecret {
+                    value: SecretBytes::new(b"value".to_vec()),
+                    version: "1".into(),
+                    content_type: None,
+                    attributes: Attributes { updated: Some(100), ..Attributes::default() },
+                })
+            })
+        }
+        fn check(&self) -> BoxFuture<'_, Result<Checked>> {
+            unreachable!("the cache never checks")
+        }
+        fn list<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
+            unreachable!("the cache lists through list_updated")
+        }
+        fn list_updated(&self, _: usize) -> Option<BoxFuture<'_, Result<Option<ListedUpdates>>>> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
+            let updated = (0..self.objects).map(|i| (format!("s{i}"), Some(100))).collect();
+            Some(Box::pin(async move { Ok(Some(ListedUpdates { updated, pages: self.objects.div_ceil(25) })) }))
+        }
+    }
+
+    /// VaultSecrets created over longer than their interval, then their first round: the entries of the first ones
+    /// are older than the age they accept, but a list vouches for them; none may have been pruned and read again.
+    #[tokio::test(start_paused = true)]
+    async fn entries_stay_until_the_round_that_a_list_serves() {
+        let objects = 2000;
+        let vault = Counting {
+            identity: Identity {
+                endpoint: Endpoint::AzureKeyVault { vault_url: "https://many.vault.azure.net".into() },
+                principal: Principal::AzureManagedIdentity { client_id: None },
+            },
+            objects,
+            gets: AtomicUsize::default(),
+            lists: AtomicUsize::default(),
+        };
+        let cache = ReadCache::new(Duration::from_secs(300));
+        let max_age = Some(Duration::from_secs(135));
+        for i in 0..objects {
+            cache.get(&vault, &ObjectRef::latest(format!("s{i}")), max_age).await.expect("a read");
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        tokio::time::advance(Duration::from_secs(80)).await;
+        // A new VaultSecret's read (a miss, which prunes), then the round.
+        cache.get(&vault, &ObjectRef::latest("new"), max_age).await.expect("a read");
+        for i in 0..objects {
+            cache.get(&vault, &ObjectRef::latest(format!("s{i}")), max_age).await.expect("a read");
+        }
+        assert_eq!(vault.gets.load(Ordering::Relaxed), objects + 1, "the round read objects again");
+        assert_eq!(vault.lists.load(Ordering::Relaxed), 1, "one list served the round");
+        assert!(cache.stats.validated.load(Ordering::Relaxed) > 0);
     }
 }
