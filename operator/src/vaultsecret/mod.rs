@@ -1,6 +1,6 @@
 //! The VaultSecret controller: reads the objects a VaultSecret names through the shared cache, writes the target
 //! Secret, and keeps it so: routine refreshes on the schedule in `status.refreshTime`, forced refreshes by annotation,
-//! and drift healed from the last values it wrote without asking the vault again. A failing store, backend or write
+//! and drift healed from the read cache (the values the last refresh read) without asking the vault again. A failing store, backend or write
 //! never empties or deletes the Secret; it shows up as the `Ready` condition's reason and an Event.
 //!
 //! This file wires the controller (watches, triggers, the reconcile entry point with its timeout); the sync itself
@@ -44,7 +44,6 @@ use zeroize::Zeroizing;
 use crate::{
     Args,
     metrics::Metrics,
-    render::SecretData,
     rollout::{Rollouts, Statuses},
 };
 
@@ -72,12 +71,13 @@ pub const OWNER_LABEL: &str = "vaultsync.dev/vaultsecret";
 /// Any new value refreshes the VaultSecret from the vault now.
 pub const FORCE_SYNC: &str = "vaultsync.dev/force-sync";
 
-/// What this process last wrote for one VaultSecret: lets it heal drift without a backend read
-/// and skip writes when nothing changed.
+/// What this process last wrote for one VaultSecret: tells a Secret untouched since (by its resourceVersion) without
+/// reading it, so nothing is written when nothing changed. Only the digest of the data: the values themselves are in
+/// the read cache already, and a second copy here cost as much memory as the values (a drifted Secret is healed
+/// from the cache).
 struct Written {
     secret: String,
     resource_version: String,
-    data: SecretData,
     /// What templates made besides data (type, labels, annotations).
     meta: templating::SecretMeta,
     hmac: String,

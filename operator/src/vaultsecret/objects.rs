@@ -205,11 +205,9 @@ impl Sync<'_> {
         Ok(Some(Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string())))
     }
 
-    /// What the Secret holds at `key` now: from memory of our last write, else read from the apiserver once.
+    /// What the Secret holds at `key` now, read from the apiserver (only a PFX asks, to keep its bytes when the
+    /// key and chain in it did not change).
     async fn previous_value(&self, key: &str) -> Option<SecretBytes> {
-        if let Some(written) = self.ctx.written.lock().expect("written lock").get(&self.map_key()) {
-            return written.data.get(key).cloned();
-        }
         let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let secret = api.get_opt(&self.target).await.ok()??;
         if secret.metadata.labels?.get(super::OWNER_LABEL) != Some(&self.name) {

@@ -111,6 +111,9 @@ impl Read {
     pub fn because(reason: ReadReason, interval: Interval) -> Read {
         let max_age = match (reason, interval) {
             (ReadReason::Forced, _) => Duration::ZERO,
+            // Healing restores what the last refresh read (the cache keeps it while it is in use), as a copy kept
+            // in memory would, without a vault call; an older or pruned entry is read again.
+            (ReadReason::Drift, Interval::Every(every)) => every.saturating_mul(2),
             (_, Interval::Every(every)) => every.mul_f64(0.9),
             (_, Interval::Once) => Duration::from_secs(300),
         };

@@ -102,34 +102,16 @@ impl Sync<'_> {
         Ok(Action::await_change())
     }
 
-    /// Nothing is due: whether the Secret still holds what was written, healing it from memory if it was changed or
-    /// deleted. `false` when it differs and nothing remembers the content (after a restart): the vault is read.
+    /// Nothing is due: whether the Secret still holds what was written. `false` when it was changed or deleted: it
+    /// is healed by a drift read, which the read cache serves from the last refresh's values (no vault call).
     async fn check(&self, status: &VaultSecretStatus, expected: &str) -> Result<bool, NotSynced> {
         let keys: BTreeSet<String> = status.versions.keys().cloned().collect();
         if self.secret_matches(expected, &keys, status.secret_resource_version.as_deref()).await? {
             self.ctx.metrics.sync("checked");
             return Ok(true);
         }
-        let remembered = self
-            .ctx
-            .written
-            .lock()
-            .expect("written lock")
-            .get(&self.map_key())
-            .map(|w| (w.data.clone(), w.meta.clone(), w.hmac.clone()));
-        let Some((data, meta, hmac)) = remembered.filter(|(_, _, hmac)| hmac == expected) else { return Ok(false) };
-        info!(secret = %self.target, "restoring the Secret from the last synced values");
-        let target = self.target().await?;
-        let written = self.write(target, &data, &meta, &hmac).await?;
-        // The Secret's new resourceVersion is what a restarted operator compares with.
-        let healed = VaultSecretStatus { secret_resource_version: written.resource_version(), ..status.clone() };
-        self.patch_status(&healed)
-            .await
-            .map_err(|e| NotSynced::new("StatusWriteFailed", e.to_string(), Duration::from_secs(30)))?;
-        self.ctx.metrics.sync("healed");
-        self.event(EventType::Normal, "Healed", format!("Secret {} was changed or deleted; restored", self.target))
-            .await;
-        Ok(true)
+        info!(secret = %self.target, "the Secret was changed or deleted; restoring it");
+        Ok(false)
     }
 
     async fn read_and_write(
@@ -169,9 +151,16 @@ impl Sync<'_> {
         } else {
             let written = self.write(target, &fetched.data, &fetched.meta, &hmac).await?;
             secret_resource_version = written.resource_version();
-            self.ctx.metrics.sync("synced");
-            let note = format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
-            self.event(EventType::Normal, "Synced", note).await;
+            if read.reason == ReadReason::Drift && comparison == Comparison::Same {
+                self.ctx.metrics.sync("healed");
+                let note = format!("Secret {} was changed or deleted; restored", self.target);
+                self.event(EventType::Normal, "Healed", note).await;
+            } else {
+                self.ctx.metrics.sync("synced");
+                let note =
+                    format!("Synced {} key(s) from {} into Secret {}", fetched.data.len(), store.key, self.target);
+                self.event(EventType::Normal, "Synced", note).await;
+            }
         }
         let now = Timestamp::now();
         self.ctx.schedule.lock().expect("schedule lock").insert(self.map_key(), now);

@@ -160,7 +160,7 @@ impl Sync<'_> {
             Target::Created { converted } => self.apply_created(data, meta, converted).await?,
             Target::MergeInto => self.apply_merge(data).await?,
         };
-        self.remember(&written, data, meta, hmac);
+        self.remember(&written, meta, hmac);
         Ok(written)
     }
 
@@ -371,19 +371,18 @@ impl Sync<'_> {
         let matches = hmac == expected && ours.len() == keys.len();
         if matches {
             let meta = self.remembered_meta(&secret);
-            self.remember(&secret, &ours, &meta, &hmac);
+            self.remember(&secret, &meta, &hmac);
         }
         Ok(matches)
     }
 
-    /// Remembers what the Secret holds after our write (or check): heals drift without a vault read.
-    fn remember(&self, secret: &Secret, data: &SecretData, meta: &SecretMeta, hmac: &str) {
+    /// Remembers the Secret's resourceVersion and digest after our write (or check): the next check costs no read.
+    fn remember(&self, secret: &Secret, meta: &SecretMeta, hmac: &str) {
         self.ctx.written.lock().expect("written lock").insert(
             self.map_key(),
             Written {
                 secret: self.target.clone(),
                 resource_version: secret.resource_version().unwrap_or_default(),
-                data: data.clone(),
                 meta: meta.clone(),
                 hmac: hmac.into(),
             },
