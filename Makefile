@@ -22,10 +22,12 @@ tools:
 	@scripts/build-toxiproxy.sh
 
 ## test: build what is needed and run every test against the real components (VAULTSYNC_SKIP_NODE_TESTS=1 skips
-## the tests that run pods on the node, and building the node); then the leak-scan report
+## the tests that run pods on the node, and building the node), TEST_JOBS test binaries at a time (most of their
+## time is spent waiting on the control plane and timers); then the leak-scan report
+TEST_JOBS ?= 2
 test: tools
 	@rm -f "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
-	$(CARGO) test --workspace --locked
+	CARGO="$(CARGO)" scripts/run-tests.py --jobs $(TEST_JOBS)
 	@scripts/leak-report.sh "$(CARGO_TARGET_DIR)/tmp/leak-scan.tsv"
 
 ## chaos: the fault suite with its long variants (1000 VaultSecrets, minutes-long faults), one case at a time so
