@@ -88,9 +88,67 @@ struct Flags {
     #[arg(long, default_value_t = 8)]
     creators: usize,
 
+    /// Pad every secret value to at least this many bytes (e.g. 1024, to see what remembering values costs).
+    #[arg(long, default_value_t = 0)]
+    value_bytes: usize,
+
     /// Give up waiting for VaultSecrets to become Ready after this long.
     #[arg(long, default_value = "20m")]
     timeout: String,
+}
+
+/// How the operator's read cache served reads between two scrapes, and the lists it took: the counters that show
+/// whether a round was refreshed by a list or object by object.
+fn cache_line(before: &Scrape, after: &Scrape) -> String {
+    let delta = |series: String| after.get(&series) - before.get(&series);
+    let reads = ["hit", "coalesced", "miss", "validated"]
+        .map(|r| format!("{r} {}", delta(format!("vaultsync_cache_reads_total{{result=\"{r}\"}}"))));
+    let lists = ["complete", "stopped", "refused"]
+        .map(|r| format!("{r} {}", delta(format!("vaultsync_refresh_lists_total{{result=\"{r}\"}}"))));
+    format!("reads {}; lists {}", reads.join(", "), lists.join(", "))
+}
+
+const PROBE: &str = "bench-probe";
+
+/// Creates the probe VaultSecret (on `object`) and returns how long it took to be Ready.
+async fn probe_ready(api: Api<VaultSecret>, interval: String, object: String) -> anyhow::Result<Duration> {
+    let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+    "metadata": { "name": PROBE },
+    "spec": {
+        "storeRef": { "name": "kv" },
+        "refreshInterval": interval,
+        "data": [{ "secretKey": "value", "remoteRef": { "name": object } }],
+    }});
+    let started = Instant::now();
+    api.patch(PROBE, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .context("creating the probe VaultSecret")?;
+    while started.elapsed() < Duration::from_secs(120) {
+        if api.get_opt(PROBE).await?.as_ref().is_some_and(is_ready) {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the probe VaultSecret was not Ready within 120 s")
+}
+
+/// Deletes the probe VaultSecret and its Secret (not left to the garbage collector, which takes minutes with 20,000
+/// objects to look at) and waits until both are gone.
+async fn remove_probe(api: Api<VaultSecret>, secrets: Api<Secret>) -> anyhow::Result<()> {
+    api.delete(PROBE, &Default::default()).await.context("deleting the probe VaultSecret")?;
+    match secrets.delete(PROBE, &Default::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Ok(_) => {}
+        Err(e) => return Err(e).context("deleting the probe's Secret"),
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if api.get_opt(PROBE).await?.is_none() && secrets.get_opt(PROBE).await?.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the probe VaultSecret or its Secret was still there 60 s after its deletion")
 }
 
 /// Prints a progress line, stamped with the time since the bench started.
@@ -173,6 +231,13 @@ struct CycleFigures {
     window: Duration,
     refreshed: u64,
     delta: Delta,
+    /// A VaultSecret created a quarter into the round: how long it took to be Ready, and how far the round was.
+    probe: Option<Probe>,
+}
+
+struct Probe {
+    ready_after: Duration,
+    looked_at_when_created: u64,
 }
 
 struct RotationCheck {
@@ -195,8 +260,15 @@ impl Bench {
         let started_at = Timestamp::now();
         let machine = Machine::read();
         println!(
-            "vaultsync-bench: N={} interval={} budget={}/s burst {} on {} CPUs, {:.1} GiB RAM ({})",
-            flags.count, flags.interval, flags.rps, flags.burst, machine.cpus, machine.mem_gib, machine.cpu_model
+            "vaultsync-bench: N={} interval={} budget={}/s burst {} values {} on {} CPUs, {:.1} GiB RAM ({})",
+            flags.count,
+            flags.interval,
+            flags.rps,
+            flags.burst,
+            if flags.value_bytes == 0 { "short".to_string() } else { format!(">= {} bytes", flags.value_bytes) },
+            machine.cpus,
+            machine.mem_gib,
+            machine.cpu_model
         );
         progress!(started, "starting the local control plane");
         let cp = tokio::task::spawn_blocking(ControlPlane::shared).await.context("starting the control plane")?;
@@ -287,10 +359,10 @@ impl Bench {
         let width = n.to_string().len();
         let object = move |i: usize| format!("bench-obj-{i:0width$}");
         for i in 0..n {
-            self.vault_own.set_secret(&object(i), &format!("value-{i}-v1"));
+            self.vault_own.set_secret(&object(i), &self.value(format!("value-{i}-v1")));
         }
         for i in 0..n / 10 {
-            self.vault_shared.set_secret(&object(i), &format!("shared-{i}-v1"));
+            self.vault_shared.set_secret(&object(i), &self.value(format!("shared-{i}-v1")));
         }
         // A real vault's objects were written long before the VaultSecrets that read them; reads within a few seconds
         // of a write (whole-second `updated` times) would not be trusted against a list at the next refresh.
@@ -317,17 +389,17 @@ impl Bench {
             "phase 2: one refresh cycle with nothing changed ({:.0}s)",
             self.window().as_secs_f64()
         );
-        report.idle = Some(self.cycle("idle cycle").await?);
+        report.idle = Some(self.cycle("idle cycle", false).await?);
         self.sample_memory(&mut report, "2 idle cycle");
 
         // 3. The same with 10% of the objects rotated right after a cycle.
         let before = self.managed_secrets().await?;
         let rotated: BTreeSet<String> = (0..n).step_by(10).map(|i| self.vault_secret_name(i)).collect();
         for i in (0..n).step_by(10) {
-            self.vault_own.set_secret(&object(i), &format!("value-{i}-v2"));
+            self.vault_own.set_secret(&object(i), &self.value(format!("value-{i}-v2")));
         }
         progress!(self.started, "phase 3: rotated {} objects; one refresh cycle", rotated.len());
-        report.rotation = Some(self.cycle("rotation cycle").await?);
+        report.rotation = Some(self.cycle("rotation cycle", true).await?);
         let after = self.managed_secrets().await?;
         report.rotation_check = Some(check_rotation(&before, &after, &rotated));
         self.sample_memory(&mut report, "3 rotation cycle");
@@ -358,6 +430,11 @@ impl Bench {
         }
         report.wall = self.started.elapsed();
         Ok(report)
+    }
+
+    /// A secret value of at least `--value-bytes`, padded in front (the rotation check reads its end).
+    fn value(&self, value: String) -> String {
+        format!("{}{value}", "x".repeat(self.flags.value_bytes.saturating_sub(value.len())))
     }
 
     /// The longest a refresh cycle is waited for: a store's round is at most 1.9 intervals after a read.
@@ -562,7 +639,10 @@ impl Bench {
     /// Measures one refresh cycle of the VaultSecrets in the first namespace: until every one of them was refreshed
     /// once (a store's VaultSecrets come due together, in its round, which may be up to 1.9 intervals away), at most
     /// `window()`.
-    async fn cycle(&self, what: &str) -> anyhow::Result<CycleFigures> {
+    /// With `probe`, one more VaultSecret (on an existing object of the same store) is created once a quarter of the
+    /// round was worked through, and timed to Ready: new work must not wait behind routine work. It is deleted again
+    /// (and its Secret gone) before the cycle's figures are taken.
+    async fn cycle(&self, what: &str, probe: bool) -> anyhow::Result<CycleFigures> {
         let before = self.snapshot(true).await?;
         let looked = |m: &Scrape| {
             m.get("vaultsync_syncs_total{result=\"unchanged\"}") + m.get("vaultsync_syncs_total{result=\"synced\"}")
@@ -572,13 +652,22 @@ impl Bench {
         let window = self.window();
         let started = Instant::now();
         let mut next_line = Duration::from_secs(15);
+        let mut probing: Option<(tokio::task::JoinHandle<anyhow::Result<Duration>>, u64)> = None;
         while started.elapsed() < window {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(if probe && probing.is_none() { 200 } else { 1000 })).await;
             self.watch_sockets();
             let elapsed = started.elapsed();
             let m = self.operator()?.scrape().await?;
-            // One round done: every VaultSecret refreshed, and nothing in flight.
-            if looked(&m) - looked_before >= n && m.get("vaultsync_reconciles_in_flight") == 0.0 {
+            let looked_now = looked(&m) - looked_before;
+            if probe && probing.is_none() && looked_now >= n / 4.0 {
+                let width = self.flags.count.to_string().len();
+                let object = format!("bench-obj-{:0width$}", 0);
+                let task = tokio::spawn(probe_ready(self.ns_own.api(), self.flags.interval.clone(), object));
+                probing = Some((task, looked_now as u64));
+            }
+            // One round done: every VaultSecret refreshed (and the probe synced), and nothing in flight.
+            let expected = n + if probing.is_some() { 1.0 } else { 0.0 };
+            if looked_now >= expected && m.get("vaultsync_reconciles_in_flight") == 0.0 {
                 break;
             }
             if elapsed < next_line {
@@ -598,6 +687,19 @@ impl Bench {
             );
         }
         let window = started.elapsed();
+        let probe = match probing {
+            Some((task, looked_at_when_created)) => {
+                let ready_after = task.await.context("the probe task")??;
+                progress!(
+                    self.started,
+                    "  new VaultSecret created after {looked_at_when_created}/{n} were looked at: Ready after {:.2}s",
+                    ready_after.as_secs_f64()
+                );
+                remove_probe(self.ns_own.api(), self.ns_own.api()).await?;
+                Some(Probe { ready_after, looked_at_when_created })
+            }
+            None => None,
+        };
         let after = self.snapshot(true).await?;
         let vault_secrets = self.ns_own.api::<VaultSecret>().list(&ListParams::default()).await?.items.len();
         let delta = after.since(&before);
@@ -614,7 +716,8 @@ impl Bench {
             delta.cpu_line()
         );
         progress!(self.started, "  apiserver saw (all clients): {}", delta.apiserver_line());
-        Ok(CycleFigures { window, refreshed, delta })
+        progress!(self.started, "  operator cache: {}", cache_line(&before.operator, &after.operator));
+        Ok(CycleFigures { window, refreshed, delta, probe })
     }
 
     /// Stops the operator (SIGTERM, as a Pod restart does), starts it again, and waits until it
@@ -1211,6 +1314,13 @@ impl Report {
                     c.delta.vault_calls
                 ),
             );
+            if let Some(p) = &c.probe {
+                row(
+                    &format!("{label}: a new VaultSecret during the round"),
+                    format!("Ready after {:.2} s", p.ready_after.as_secs_f64()),
+                    format!("created when {}/{n} had been looked at (same store and budget)", p.looked_at_when_created),
+                );
+            }
             row(
                 &format!("{label}: apiserver writes"),
                 format!("{}", c.delta.operator_writes()),
