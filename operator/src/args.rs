@@ -34,6 +34,13 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_LEASE_NAME", default_value = "vaultsync-operator")]
     pub lease_name: String,
 
+    /// Split the VaultSecrets between this many shards by a hash of their namespace (1 to 64). Each replica holds
+    /// one shard's Lease (`<lease-name>-shard-<i>`) and acts only on its namespaces; replicas beyond the shard count
+    /// stand by and take over a shard whose holder dies. 1, the default, is the unsharded operator with one Lease.
+    #[arg(long, env = "VAULTSYNC_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::shard::MAX_SHARDS)))]
+    pub shards: u32,
+
     /// How long a leader's Lease lasts without renewal (renewed every third of it).
     #[arg(long, env = "VAULTSYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,

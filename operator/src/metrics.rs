@@ -66,6 +66,7 @@ pub struct Metrics {
     reconciles_in_flight: Gauge,
     queue_depth: Gauge,
     leader: Gauge,
+    shard: Gauge,
     cache_reads: Arc<CacheReads>,
     vault_events: Family<VaultEventLabels, Counter>,
     vault_secret_states: Arc<vaultsecrets::VaultSecretStates>,
@@ -123,6 +124,14 @@ impl Metrics {
             "1 while this replica runs the controllers (holds the Lease), else 0",
             leader.clone(),
         );
+        let shard = Gauge::default();
+        // Nothing held until the Lease is won.
+        shard.set(-1);
+        registry.register(
+            "shard",
+            "The shard this replica holds (0 to --shards - 1; 0 when unsharded), or -1 while it stands by",
+            shard.clone(),
+        );
         let vault_events = Family::<VaultEventLabels, Counter>::default();
         registry.register(
             "vault_events",
@@ -144,6 +153,7 @@ impl Metrics {
             reconciles_in_flight,
             queue_depth,
             leader,
+            shard,
             cache_reads,
             vault_events,
             vault_secret_states,
@@ -206,6 +216,11 @@ impl Metrics {
     /// Whether this replica runs the controllers.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// The shard this replica holds, if any.
+    pub fn set_shard(&self, index: Option<u32>) {
+        self.shard.set(index.map_or(-1, i64::from));
     }
 
     /// Observes the seconds from a content change to a rollout.
@@ -351,6 +366,7 @@ mod tests {
             r#"vaultsync_refresh_lists_total{result="refused"} 0"#,
             "vaultsync_queue_depth 4",
             "vaultsync_leader 0",
+            "vaultsync_shard -1",
             "vaultsync_reconciles_in_flight 0",
             "vaultsync_reconcile_duration_seconds_count 1",
             "# TYPE vaultsync_cache_reads counter",
