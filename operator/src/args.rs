@@ -126,6 +126,13 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_EVENT_GRID_KEY_HEADER", default_value = "x-vaultsync-key")]
     pub event_grid_key_header: String,
 
+    /// This replica's pod IP (the downward API's `status.podIP`). When sharding with the Event Grid endpoint on, the
+    /// holder of a shard advertises this address (with the endpoint's port) on its shard's Lease, and a delivery
+    /// that reaches another shard is passed on to it; without it, such deliveries refresh only the receiving shard's
+    /// VaultSecrets, and the others' wait for their refresh interval.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+
     /// Log as JSON lines.
     #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_json: bool,

@@ -8,6 +8,7 @@ pub mod eventgrid;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod peers;
 pub mod render;
 pub mod rollout;
 pub mod shard;
@@ -77,6 +78,7 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     // Vault events: served on every replica (handshakes work on a standby), acted on once the controller runs.
     let refresh_slot = eventgrid::RefreshSlot::default();
     let (_stop_events, events_stopped) = tokio::sync::oneshot::channel::<()>();
+    let event_grid_addr = event_grid.as_ref().map(|config| config.addr);
     if let Some(config) = event_grid {
         let (listener, _) = eventgrid::bind(config.addr).await?;
         tokio::spawn(eventgrid::serve(listener, config, metrics.clone(), refresh_slot.clone(), async move {
@@ -113,6 +115,11 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
         leadership = Some(held);
         if args.label_leader_pod {
             mark_leader(&client, &args, true).await;
+        }
+        if shard.count > 1
+            && let Some(endpoint) = event_grid_addr
+        {
+            share_vault_events(&client, &args, shard, endpoint, &refresh_slot).await?;
         }
     }
     metrics.set_leader(true);
@@ -157,6 +164,37 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// When sharding with the Event Grid endpoint on: advertises this replica's endpoint on its shard's Lease, and lets the
+/// endpoint pass deliveries on to the other shards (see `peers`). Without `--pod-ip` the other shards cannot reach
+/// it: deliveries then refresh only the receiving shard's VaultSecrets, and polling converges the others.
+async fn share_vault_events(
+    client: &Client,
+    args: &Args,
+    shard: shard::Shard,
+    endpoint: std::net::SocketAddr,
+    slot: &eventgrid::RefreshSlot,
+) -> anyhow::Result<()> {
+    let Some(pod_ip) = args.pod_ip else {
+        tracing::warn!(
+            "sharded with the Event Grid endpoint on but no --pod-ip: vault events refresh only the VaultSecrets of \
+             the shard they reach, the others at their refresh interval"
+        );
+        return Ok(());
+    };
+    let lease = shard::Shard::lease_name(&args.lease_name, shard.index, shard.count);
+    let url = peers::url(pod_ip, endpoint);
+    // Without it the other shards answer 503 to deliveries for this one, and Event Grid delivers them again.
+    if let Err(error) = peers::advertise(client.clone(), &args.namespace, &lease, &args.pod_name, &url).await {
+        tracing::warn!(error = format!("{error:#}"), %lease, "could not advertise the Event Grid address on the Lease");
+    }
+    let others = (0..shard.count)
+        .filter(|index| *index != shard.index)
+        .map(|index| shard::Shard::lease_name(&args.lease_name, index, shard.count))
+        .collect();
+    slot.set_peers(peers::Peers::new(client.clone(), &args.namespace, others, args.pod_name.clone())?);
+    Ok(())
 }
 
 /// Labels (or unlabels) this replica's pod as the leader; a failure is logged (the pod may be gone, or the operator

@@ -69,6 +69,7 @@ pub struct Metrics {
     shard: Gauge,
     cache_reads: Arc<CacheReads>,
     vault_events: Family<VaultEventLabels, Counter>,
+    vault_event_forwards: Family<ResultLabels, Counter>,
     vault_secret_states: Arc<vaultsecrets::VaultSecretStates>,
 }
 
@@ -138,6 +139,12 @@ impl Metrics {
             "Vault events received from Azure Event Grid, by event type and result",
             vault_events.clone(),
         );
+        let vault_event_forwards = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "vault_event_forwards",
+            "Event Grid deliveries passed on to the holder of another shard, by result",
+            vault_event_forwards.clone(),
+        );
         let cache_reads = Arc::new(CacheReads::default());
         registry.register_collector(Box::new(cache_reads.clone()));
         let vault_secret_states = Arc::new(vaultsecrets::VaultSecretStates::default());
@@ -156,6 +163,7 @@ impl Metrics {
             shard,
             cache_reads,
             vault_events,
+            vault_event_forwards,
             vault_secret_states,
         })
     }
@@ -240,6 +248,11 @@ impl Metrics {
         self.vault_events
             .get_or_create(&VaultEventLabels { r#type: event_type.to_owned(), result: result.to_owned() })
             .inc();
+    }
+
+    /// Counts one delivery passed on to another shard's holder: `result` is `ok` or `failed`.
+    pub fn vault_event_forward(&self, result: &str) {
+        self.vault_event_forwards.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
     }
 
     /// Every metric in the OpenMetrics text format, ending with `# EOF`.
