@@ -102,6 +102,31 @@ mod tests {
     }
 
     #[test]
+    fn watches_keep_their_own_objects_and_every_list_marker() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let in_namespace = |namespace: &str| ConfigMap {
+            metadata: kube::api::ObjectMeta { namespace: Some(namespace.into()), ..Default::default() },
+            ..Default::default()
+        };
+        let (mine, theirs) = (Shard { index: 0, count: 2 }, Shard { index: 1, count: 2 });
+        let namespace = (0..).map(|n| format!("ns-{n}")).find(|ns| mine.owns(ns)).expect("a namespace of shard 0");
+        for event in [
+            watcher::Event::Apply(in_namespace(&namespace)),
+            watcher::Event::InitApply(in_namespace(&namespace)),
+            watcher::Event::Delete(in_namespace(&namespace)),
+        ] {
+            let event = Ok(event);
+            assert!(mine.keeps(&event) && !theirs.keeps(&event), "{event:?}");
+        }
+        for marker in [watcher::Event::Init, watcher::Event::InitDone] {
+            let marker: Result<watcher::Event<ConfigMap>, watcher::Error> = Ok(marker);
+            assert!(mine.keeps(&marker) && theirs.keeps(&marker), "every reflector must see {marker:?}");
+        }
+        let cluster_scoped = Ok(watcher::Event::Apply(ConfigMap::default()));
+        assert!(mine.keeps(&cluster_scoped) && !theirs.keeps(&cluster_scoped), "cluster-scoped: shard 0's");
+    }
+
+    #[test]
     fn the_unsharded_lease_keeps_its_name() {
         assert_eq!(Shard::lease_name("vaultsync", 0, 1), "vaultsync");
         assert_eq!(Shard::lease_name("vaultsync", 1, 3), "vaultsync-shard-1");
