@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event};
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -31,16 +31,16 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 struct Replica {
     name: String,
     port: u16,
+    /// Its Event Grid endpoint's port.
+    grid_port: u16,
     task: JoinHandle<()>,
 }
 
 impl Replica {
-    fn start(env: &Env, name: &str) -> Replica {
-        Self::start_with(env, name, |_| {})
-    }
-
-    fn start_with(env: &Env, name: &str, configure: impl FnOnce(&mut vaultsync_operator::Args)) -> Replica {
-        let port = vaultsync_e2e::process::free_port().expect("a free port");
+    /// With its Event Grid endpoint on (the key of `grid`, a port of its own), which the other shards reach at
+    /// 127.0.0.1.
+    fn start(env: &Env, name: &str, grid: &EventGrid) -> Replica {
+        let port = free_port().expect("a free port");
         let mut args = env.operator_args();
         args.watch_namespace = None;
         args.leader_elect = true;
@@ -48,8 +48,11 @@ impl Replica {
         args.lease_duration = LEASE_DURATION;
         args.pod_name = name.into();
         args.metrics_addr = format!("127.0.0.1:{port}").parse().expect("address");
-        configure(&mut args);
-        Replica { name: name.into(), port, task: env.spawn_operator(name, args) }
+        grid.configure(&mut args);
+        let grid_port = free_port().expect("a free port");
+        args.event_grid_addr = Some(SocketAddr::from(([127, 0, 0, 1], grid_port)));
+        args.pod_ip = Some([127, 0, 0, 1].into());
+        Replica { name: name.into(), port, grid_port, task: env.spawn_operator(name, args) }
     }
 
     /// The shard this replica holds (-1 while it stands by), by its own gauge.
@@ -72,6 +75,18 @@ impl Replica {
         self.task.abort();
         let _ = self.task.await;
     }
+}
+
+/// Delivers a new version of `object` to one replica's Event Grid endpoint; returns the answer's status.
+async fn announce(env: &Env, grid: &EventGrid, replica: &Replica, object: &str, version: &str) -> u16 {
+    let event = json!([{ "id": format!("{object}-{version}"),
+        "topic": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/v",
+        "subject": object, "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
+        "data": { "Id": format!("{}/secrets/{object}/{version}", env.vault.url()), "VaultName": "v",
+            "ObjectType": "Secret", "ObjectName": object, "Version": version },
+        "dataVersion": "1", "metadataVersion": "1", "eventTime": "2026-01-01T00:00:00Z" }]);
+    let headers = [grid.key_header(), ("content-type", "application/json")];
+    support::http_request(replica.grid_port, "POST", "/eventgrid", &headers, event.to_string().as_bytes()).await.status
 }
 
 /// At least `per_shard` namespaces for each shard, with the shard each belongs to.
@@ -194,19 +209,7 @@ async fn each_shard_syncs_only_its_namespaces() {
 
     // Both with the Event Grid endpoint on (one key, a port each), reachable by the other shard at 127.0.0.1.
     let grid = EventGrid::new(&env.ns.name);
-    let grid_ports = [free_port().expect("a free port"), free_port().expect("a free port")];
-    let with_grid = |port: u16| {
-        let grid = &grid;
-        move |args: &mut vaultsync_operator::Args| {
-            grid.configure(args);
-            args.event_grid_addr = Some(format!("127.0.0.1:{port}").parse().expect("an address"));
-            args.pod_ip = Some([127, 0, 0, 1].into());
-        }
-    };
-    let replicas = [
-        Replica::start_with(&env, "shard-a", with_grid(grid_ports[0])),
-        Replica::start_with(&env, "shard-b", with_grid(grid_ports[1])),
-    ];
+    let replicas = [Replica::start(&env, "shard-a", &grid), Replica::start(&env, "shard-b", &grid)];
     let held = holders(&env).await;
     assert_ne!(held[0], held[1], "one replica holds both shards");
     let by_name = |name: &str| replicas.iter().find(|r| r.name == name).expect("a replica of this test");
@@ -225,15 +228,7 @@ async fn each_shard_syncs_only_its_namespaces() {
     // A new version, announced to one shard only, reaches every VaultSecret that reads it at once (they refresh
     // hourly otherwise): the shard passes the delivery on to the other.
     let version = env.vault.set_secret("shard-object", "shard-split-rotated");
-    let event = json!([{ "id": "rotation", "topic": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/v",
-        "subject": "shard-object", "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
-        "data": { "Id": format!("{}/secrets/shard-object/{version}", env.vault.url()), "VaultName": "v",
-            "ObjectType": "Secret", "ObjectName": "shard-object", "Version": version },
-        "dataVersion": "1", "metadataVersion": "1", "eventTime": "2026-01-01T00:00:00Z" }]);
-    let headers = [grid.key_header(), ("content-type", "application/json")];
-    let answer =
-        support::http_request(grid_ports[0], "POST", "/eventgrid", &headers, event.to_string().as_bytes()).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(announce(&env, &grid, by_name("shard-a"), "shard-object", &version).await, 200);
     for (ns, _) in &namespaces {
         for name in ["first", "second"] {
             wait_synced(ns, name, "shard-split-rotated").await;
@@ -285,10 +280,11 @@ async fn a_standby_takes_over_a_dead_shard_within_one_lease_duration() {
     let namespaces = namespaces_over_shards(1).await;
     let store = shared_store(&env, &namespaces).await;
 
-    let mut replicas = vec![Replica::start(&env, "shard-x"), Replica::start(&env, "shard-y")];
+    let grid = EventGrid::new(&env.ns.name);
+    let mut replicas = vec![Replica::start(&env, "shard-x", &grid), Replica::start(&env, "shard-y", &grid)];
     let held = holders(&env).await;
     // The third replica starts once both shards are taken, so it is the standby.
-    replicas.push(Replica::start(&env, "shard-z"));
+    replicas.push(Replica::start(&env, "shard-z", &grid));
     let standby_port = replicas[2].port;
     eventually(Duration::from_secs(15), "the standby to serve its metrics", || async move {
         (support::http_get(standby_port, "/readyz").await.0 == 200).then_some(())
@@ -312,6 +308,12 @@ async fn a_standby_takes_over_a_dead_shard_within_one_lease_duration() {
     let survivor_writes = survivor.secret_writes().await;
     victim.kill().await;
     let killed = Instant::now();
+    // Until a standby holds the dead shard, a vault event cannot reach its VaultSecrets: the survivor answers 503, so
+    // Event Grid delivers it again later. (The same version: the survivor's own refresh finds nothing to write.)
+    let current = env.vault.set_secret("takeover-object", "shard-takeover-value");
+    assert_eq!(announce(&env, &grid, survivor, "takeover-object", &current).await, 503);
+    let failed = r#"vaultsync_vault_event_forwards_total{result="failed"}"#;
+    assert_eq!(metric_sum(survivor.port, failed).await, 1, "the survivor could not pass the delivery on");
     let taken = eventually(Duration::from_secs(15), "the standby to take the dead shard's Lease", || async {
         (holder(&env, dead_shard).await.as_deref() == Some("shard-z")).then(|| killed.elapsed())
     })
@@ -346,6 +348,14 @@ async fn a_standby_takes_over_a_dead_shard_within_one_lease_duration() {
         let seen = reporters(ns, "before").await;
         assert_eq!(seen.keys().collect::<Vec<_>>(), [&victim_name], "{}/before (shard {owner}): {seen:?}", ns.name);
     }
+
+    // Event Grid delivers again once the shard has its new holder: now it reaches every VaultSecret.
+    let rotated = env.vault.set_secret("takeover-object", "shard-takeover-rotated");
+    assert_eq!(announce(&env, &grid, survivor, "takeover-object", &rotated).await, 200);
+    for (ns, _) in &namespaces {
+        wait_synced(ns, "before", "shard-takeover-rotated").await;
+    }
+    wait_synced(orphaned, "after", "shard-takeover-rotated").await;
 
     remove_vault_secrets(&namespaces).await;
     for replica in replicas {
