@@ -467,6 +467,8 @@ async fn wrong_values_fail_the_install_with_a_clear_message() {
         (&["--set", "metrics.port=80800"][..], "at '/metrics/port': maximum"),
         (&["--set", "eventGrid.enabled=true"][..], "at '/eventGrid/keySecret/name': minLength"),
         (&["--set", "hostNetwork=yes"][..], "at '/hostNetwork': got string, want boolean"),
+        (&["--set", "sharding.shards=65"][..], "at '/sharding/shards': maximum"),
+        (&["--set", "sharding.shards=0"][..], "at '/sharding/shards': minimum"),
     ] {
         let mut args = vec!["install", "bad", CHART, "--namespace", &ns.name, "--skip-crds"];
         args.extend_from_slice(values);
@@ -531,6 +533,40 @@ async fn the_event_grid_endpoint_reaches_the_leader_only() {
     );
     let apply = tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(on)).await;
     assert_success(&apply, "kubectl apply --dry-run=server (Event Grid on)");
+}
+
+#[tokio::test]
+async fn sharding_runs_a_replica_per_shard_and_a_standby() {
+    let ns = TestNamespace::new("helm-shards").await;
+    install_crds(&ns.client).await;
+    let tools = HelmTools::new();
+    let unsharded = tools.render(&ns.name, &[]).await;
+    let deployment = one_of_kind(&unsharded, "Deployment");
+    assert!(deployment.contains("replicas: 2\n"), "replicaCount by default:\n{deployment}");
+    assert!(deployment.contains("- name: VAULTSYNC_SHARDS\n              value: \"1\""), "{deployment}");
+
+    let sharded = tools
+        .render(
+            &ns.name,
+            &["--set", "sharding.shards=3", "--set", "replicaCount=7", "--set", "metrics.prometheusRule.enabled=true"],
+        )
+        .await;
+    let deployment = one_of_kind(&sharded, "Deployment");
+    assert!(deployment.contains("replicas: 4\n"), "three shards and one standby, replicaCount unused:\n{deployment}");
+    assert!(deployment.contains("- name: VAULTSYNC_SHARDS\n              value: \"3\""), "{deployment}");
+    assert!(one_of_kind(&sharded, "PrometheusRule").contains("sum(vaultsync_leader) < 3"), "a leader per shard");
+    let no_standby = tools.render(&ns.name, &["--set", "sharding.shards=2", "--set", "sharding.standbys=0"]).await;
+    assert!(one_of_kind(&no_standby, "Deployment").contains("replicas: 2\n"));
+    assert_eq!(of_kind(&no_standby, "PodDisruptionBudget").len(), 1, "two replicas keep their budget");
+    assert!(!deployment.contains("POD_IP"), "no pod IP without the Event Grid endpoint");
+    let grid = ["--set", "sharding.shards=3", "--set", "eventGrid.enabled=true", "--set", "eventGrid.keySecret.name=k"];
+    let with_grid = tools.render(&ns.name, &grid).await;
+    // The shards pass deliveries on to each other's pod IPs.
+    let pod_ip = "- name: POD_IP\n              valueFrom:\n                fieldRef:\n                  fieldPath: status.podIP";
+    assert!(one_of_kind(&with_grid, "Deployment").contains(pod_ip), "{with_grid}");
+    let apply =
+        tools.kubectl(&["apply", "--dry-run=server", "--namespace", &ns.name, "-f", "-"], Some(with_grid)).await;
+    assert_success(&apply, "kubectl apply --dry-run=server (3 shards, Event Grid on)");
 }
 
 // === The CSI plugin (csi.enabled) ===

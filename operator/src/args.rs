@@ -34,6 +34,13 @@ pub struct Args {
     #[arg(long, env = "VAULTSYNC_LEASE_NAME", default_value = "vaultsync-operator")]
     pub lease_name: String,
 
+    /// Split the VaultSecrets between this many shards by a hash of their namespace (1 to 64). Each replica holds
+    /// one shard's Lease (`<lease-name>-shard-<i>`) and acts only on its namespaces; replicas beyond the shard count
+    /// stand by and take over a shard whose holder dies. 1, the default, is the unsharded operator with one Lease.
+    #[arg(long, env = "VAULTSYNC_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::shard::MAX_SHARDS)))]
+    pub shards: u32,
+
     /// How long a leader's Lease lasts without renewal (renewed every third of it).
     #[arg(long, env = "VAULTSYNC_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -118,6 +125,13 @@ pub struct Args {
     /// The request header that carries the Event Grid key (the `key` query parameter is accepted too).
     #[arg(long, env = "VAULTSYNC_EVENT_GRID_KEY_HEADER", default_value = "x-vaultsync-key")]
     pub event_grid_key_header: String,
+
+    /// This replica's pod IP (the downward API's `status.podIP`). When sharding with the Event Grid endpoint on, the
+    /// holder of a shard advertises this address (with the endpoint's port) on its shard's Lease, and a delivery
+    /// that reaches another shard is passed on to it; without it, such deliveries refresh only the receiving shard's
+    /// VaultSecrets, and the others' wait for their refresh interval.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
 
     /// Log as JSON lines.
     #[arg(long, env = "VAULTSYNC_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]

@@ -11,7 +11,8 @@
 //! - 401 without the right key; 413 over 1 MiB or over 100 events; 400 for a body that is not JSON events;
 //! - 200 when at least one event was usable (a Key Vault event, or the validation handshake), even if others
 //!   in the batch were rejected; 400 when none was; 503 when an event could not be acted on now (this replica
-//!   is a standby, or the apiserver failed), so that Event Grid delivers it again.
+//!   is a standby, the apiserver failed, or, when sharding, another shard could not take it: see `crate::peers`),
+//!   so that Event Grid delivers it again.
 //!
 //! Each distinct (vault, object) of a delivery is passed to the trigger once; the trigger then costs at most
 //! one backend read per object, however many VaultSecrets read it.
@@ -173,18 +174,27 @@ impl Refresh for RefreshTrigger {
 
 /// Where the endpoint finds the controller's trigger. The endpoint serves from the start, on every replica,
 /// so that handshakes succeed on a standby too; Key Vault events are acted on once this is set (on the
-/// leader) and answered 503 before, so that Event Grid delivers them again.
+/// leader) and answered 503 before, so that Event Grid delivers them again. When sharding, it also holds the other
+/// shards, to which deliveries are passed on (`crate::peers`).
 #[derive(Clone, Default)]
-pub struct RefreshSlot(Arc<OnceLock<Arc<dyn Refresh>>>);
+pub struct RefreshSlot {
+    refresh: Arc<OnceLock<Arc<dyn Refresh>>>,
+    peers: Arc<OnceLock<crate::peers::Peers>>,
+}
 
 impl RefreshSlot {
     /// Sets the trigger; a second call is ignored.
     pub fn set(&self, refresh: impl Refresh + 'static) {
-        let _ = self.0.set(Arc::new(refresh));
+        let _ = self.refresh.set(Arc::new(refresh));
+    }
+
+    /// Sets the other shards; a second call is ignored.
+    pub fn set_peers(&self, peers: crate::peers::Peers) {
+        let _ = self.peers.set(peers);
     }
 
     fn get(&self) -> Option<Arc<dyn Refresh>> {
-        self.0.get().cloned()
+        self.refresh.get().cloned()
     }
 }
 
@@ -277,6 +287,7 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
         return state.reject(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 1 MiB");
     }
     let headers = request.headers().clone();
+    let query = request.uri().query().map(str::to_owned);
     let body = match Bytes::from_request(request, &()).await {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -291,7 +302,25 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
         }
         Err(Invalid::Malformed(error)) => return state.reject(StatusCode::BAD_REQUEST, error),
     };
-    process(&state, events).await
+    let (answer, objects) = process(&state, events).await;
+    // The other shards' VaultSecrets may read these objects too: pass the delivery on, once (not what was passed on
+    // to us), and only what this replica could act on itself.
+    let Some(peers) = state.refresh.peers.get() else { return answer };
+    if objects == 0 || answer.status() != StatusCode::OK || headers.contains_key(crate::peers::FORWARDED_BY) {
+        return answer;
+    }
+    match peers.forward(&headers, query.as_deref(), body).await {
+        Ok(()) => {
+            state.metrics.vault_event_forward("ok");
+            answer
+        }
+        Err(error) => {
+            state.metrics.vault_event_forward("failed");
+            warn!(%error, "a vault event could not be passed on to another shard; answering 503 so it is delivered again");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "another shard could not take the events now" })))
+                .into_response()
+        }
+    }
 }
 
 /// One event of a delivery, in either schema.
@@ -447,7 +476,8 @@ impl Outcome {
     }
 }
 
-async fn process(state: &AppState, events: Vec<Result<Event, &'static str>>) -> Response {
+/// Acts on a delivery's events; returns the answer and how many distinct objects had a new version.
+async fn process(state: &AppState, events: Vec<Result<Event, &'static str>>) -> (Response, usize) {
     let received = events.len();
     let mut outcomes: Vec<(&'static str, Option<Outcome>)> = Vec::with_capacity(received);
     let mut validation_code = None;
@@ -505,6 +535,7 @@ async fn process(state: &AppState, events: Vec<Result<Event, &'static str>>) -> 
     }
 
     // Each distinct object once, a few at a time.
+    let objects = targets.len();
     let refresh = state.refresh.get();
     let results: Vec<Outcome> = futures::stream::iter(targets)
         .map(|(vault, object)| refresh_one(refresh.clone(), vault, object))
@@ -524,20 +555,23 @@ async fn process(state: &AppState, events: Vec<Result<Event, &'static str>>) -> 
     debug!(received, refreshed, ignored, rejected, failed, "Event Grid delivery processed");
 
     if failed > 0 {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "some events could not be acted on now" })))
-            .into_response();
+        return (
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "some events could not be acted on now" })))
+                .into_response(),
+            objects,
+        );
     }
     if let Some(code) = validation_code {
         info!("answered the Event Grid subscription validation");
-        return (StatusCode::OK, Json(json!({ "validationResponse": code }))).into_response();
+        return ((StatusCode::OK, Json(json!({ "validationResponse": code }))).into_response(), objects);
     }
     if refreshed + ignored == 0 {
         reasons.dedup();
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "no usable event", "reasons": reasons })))
-            .into_response();
+        let answer = (StatusCode::BAD_REQUEST, Json(json!({ "error": "no usable event", "reasons": reasons })));
+        return (answer.into_response(), objects);
     }
     let summary = json!({ "received": received, "refreshed": refreshed, "ignored": ignored, "rejected": rejected });
-    (StatusCode::OK, Json(summary)).into_response()
+    ((StatusCode::OK, Json(summary)).into_response(), objects)
 }
 
 /// Asks the trigger to refresh the readers of one object; `None` before this replica runs the controllers.

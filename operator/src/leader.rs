@@ -113,39 +113,63 @@ pub struct Leadership {
 /// Expiry is judged by comparing the holder's `renewTime` with our own clock, so replicas' clocks are
 /// assumed to agree to well within `lease_duration - renew_every`.
 pub async fn acquire(client: Client, config: LeaderConfig) -> Result<Leadership, Error> {
-    config.validate()?;
-    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let mut last_seen_holder = None;
+    acquire_any(client, vec![config]).await.map(|(_, leadership)| leadership)
+}
+
+/// Like [`acquire`] for the first of several Leases that becomes free (the shards' Leases): each round tries them in
+/// order, one attempt each, so a contender holding none takes over any of them within one `retry_every` of its
+/// expiry. Returns the index of the Lease won. The Leases share a namespace; the first one's `retry_every` paces the
+/// rounds.
+pub async fn acquire_any(client: Client, configs: Vec<LeaderConfig>) -> Result<(usize, Leadership), Error> {
+    let Some(first) = configs.first() else {
+        return Err(Error::InvalidConfig("no Lease to contend for"));
+    };
+    let (retry_every, api): (_, Api<Lease>) = (first.retry_every, Api::namespaced(client, &first.namespace));
+    for config in &configs {
+        config.validate()?;
+        if config.namespace != first.namespace {
+            return Err(Error::InvalidConfig("the Leases must be in one namespace"));
+        }
+    }
+    let mut last_seen_holders: Vec<Option<String>> = vec![None; configs.len()];
     loop {
-        match try_acquire(&api, &config).await {
-            Ok(Attempt::Acquired { lease, requested_at }) => {
-                let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
-                tracing::info!(
-                    lease = %config.lease_name, namespace = %config.namespace, identity = %config.identity,
-                    transitions, "acquired leadership"
-                );
-                return Ok(Leadership::start(api, config, *lease, requested_at));
-            }
-            Ok(Attempt::HeldBy(holder)) => {
-                if last_seen_holder.as_ref() != Some(&holder) {
+        for (index, config) in configs.iter().enumerate() {
+            let last_seen_holder = &mut last_seen_holders[index];
+            match try_acquire(&api, config).await {
+                Ok(Attempt::Acquired { lease, requested_at }) => {
+                    let transitions = lease.spec.as_ref().and_then(|s| s.lease_transitions).unwrap_or(0);
                     tracing::info!(
-                        lease = %config.lease_name, namespace = %config.namespace, %holder,
-                        "waiting for leadership: the Lease is held by another replica"
+                        lease = %config.lease_name, namespace = %config.namespace, identity = %config.identity,
+                        transitions, "acquired leadership"
                     );
-                    last_seen_holder = Some(holder);
+                    let leadership = Leadership::start(api.clone(), config.clone(), *lease, requested_at);
+                    return Ok((index, leadership));
+                }
+                Ok(Attempt::HeldBy(holder)) => {
+                    if last_seen_holder.as_ref() != Some(&holder) {
+                        tracing::info!(
+                            lease = %config.lease_name, namespace = %config.namespace, %holder,
+                            "waiting for leadership: the Lease is held by another replica"
+                        );
+                        *last_seen_holder = Some(holder);
+                    }
+                }
+                Ok(Attempt::LostRace) => {
+                    tracing::debug!(lease = %config.lease_name, "another contender wrote the Lease first");
+                }
+                Err(source) if is_permanent(&source) => {
+                    return Err(Error::Api {
+                        namespace: config.namespace.clone(),
+                        name: config.lease_name.clone(),
+                        source,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(lease = %config.lease_name, %error, "could not read or write the Lease; retrying");
                 }
             }
-            Ok(Attempt::LostRace) => {
-                tracing::debug!(lease = %config.lease_name, "another contender wrote the Lease first");
-            }
-            Err(source) if is_permanent(&source) => {
-                return Err(Error::Api { namespace: config.namespace, name: config.lease_name, source });
-            }
-            Err(error) => {
-                tracing::warn!(lease = %config.lease_name, %error, "could not read or write the Lease; retrying");
-            }
         }
-        tokio::time::sleep(config.retry_every).await;
+        tokio::time::sleep(retry_every).await;
     }
 }
 

@@ -8,8 +8,10 @@ pub mod eventgrid;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod peers;
 pub mod render;
 pub mod rollout;
+pub mod shard;
 pub mod store_status;
 pub mod vaultsecret;
 
@@ -25,7 +27,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use rand::RngCore as _;
-use tracing::info;
+use tracing::{Instrument as _, info};
 use zeroize::Zeroizing;
 
 pub use args::Args;
@@ -76,6 +78,7 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
     // Vault events: served on every replica (handshakes work on a standby), acted on once the controller runs.
     let refresh_slot = eventgrid::RefreshSlot::default();
     let (_stop_events, events_stopped) = tokio::sync::oneshot::channel::<()>();
+    let event_grid_addr = event_grid.as_ref().map(|config| config.addr);
     if let Some(config) = event_grid {
         let (listener, _) = eventgrid::bind(config.addr).await?;
         tokio::spawn(eventgrid::serve(listener, config, metrics.clone(), refresh_slot.clone(), async move {
@@ -83,43 +86,66 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
         }));
     }
 
+    anyhow::ensure!(
+        args.leader_elect || args.shards == 1,
+        "--shards above 1 needs --leader-elect: each shard is held through its Lease"
+    );
     let mut leadership = None;
+    let mut shard = shard::Shard::ALL;
     if args.leader_elect {
-        let config = leader::LeaderConfig {
-            namespace: args.namespace.clone(),
-            lease_name: args.lease_name.clone(),
-            identity: args.pod_name.clone(),
-            lease_duration: args.lease_duration,
-            renew_every: args.lease_duration / 3,
-            retry_every: (args.lease_duration / 7).max(std::time::Duration::from_millis(100)),
-        };
+        let configs = (0..args.shards)
+            .map(|index| leader::LeaderConfig {
+                namespace: args.namespace.clone(),
+                lease_name: shard::Shard::lease_name(&args.lease_name, index, args.shards),
+                identity: args.pod_name.clone(),
+                lease_duration: args.lease_duration,
+                renew_every: args.lease_duration / 3,
+                retry_every: (args.lease_duration / 7).max(std::time::Duration::from_millis(100)),
+            })
+            .collect();
         // A standby replica is healthy and ready; it just does not write.
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         if args.label_leader_pod {
             // A replica restarted in the pod of a former leader must not keep drawing its traffic.
             mark_leader(&client, &args, false).await;
         }
-        info!(lease = %args.lease_name, "waiting to become the leader");
-        leadership = Some(leader::acquire(client.clone(), config).await?);
+        info!(lease = %args.lease_name, shards = args.shards, "waiting to become the leader");
+        let (index, held) = leader::acquire_any(client.clone(), configs).await?;
+        shard = shard::Shard { index: u32::try_from(index).context("a shard index")?, count: args.shards };
+        leadership = Some(held);
         if args.label_leader_pod {
             mark_leader(&client, &args, true).await;
         }
+        if shard.count > 1
+            && let Some(endpoint) = event_grid_addr
+        {
+            share_vault_events(&client, &args, shard, endpoint, &refresh_slot).await?;
+        }
     }
     metrics.set_leader(true);
+    metrics.set_shard(Some(shard.index));
     let hmac_key = hmac_key(&client, &args).await?;
     let (client_for_release, args_for_release) = (client.clone(), args.clone());
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    info!("vaultsync operator running");
+    // Every line this replica logs while it works carries its shard, so a sharded installation's logs can be told
+    // apart.
+    let span = if shard.count > 1 {
+        tracing::info_span!("shard", shard = shard.index, shards = shard.count)
+    } else {
+        tracing::Span::none()
+    };
+    span.in_scope(|| info!("vaultsync operator running"));
     let observer_metrics = metrics.clone();
     let observer: vaultsync_stores::StoreObserver =
         Arc::new(move |store, operation, outcome| observer_metrics.backend_call(store, operation, outcome));
     let stores = Arc::new(vaultsync_stores::Stores::new(client.clone(), args.store_settings(), observer));
-    let store_status = store_status::run(client.clone(), args.watch_namespace.clone(), stores.clone());
-    let (refresh, vault_secrets) = vaultsecret::controller(client, args, metrics, hmac_key, stores);
+    let store_status = store_status::run(client.clone(), args.watch_namespace.clone(), stores.clone(), shard);
+    let (refresh, vault_secrets) = vaultsecret::controller(client, args, metrics, hmac_key, stores, shard);
     refresh_slot.set(refresh);
     let controller = async {
         futures::join!(vault_secrets, store_status);
-    };
+    }
+    .instrument(span);
     match leadership {
         Some(mut leadership) => {
             tokio::select! {
@@ -138,6 +164,37 @@ pub async fn run_with_client(client: Client, args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// When sharding with the Event Grid endpoint on: advertises this replica's endpoint on its shard's Lease, and lets the
+/// endpoint pass deliveries on to the other shards (see `peers`). Without `--pod-ip` the other shards cannot reach
+/// it: deliveries then refresh only the receiving shard's VaultSecrets, and polling converges the others.
+async fn share_vault_events(
+    client: &Client,
+    args: &Args,
+    shard: shard::Shard,
+    endpoint: std::net::SocketAddr,
+    slot: &eventgrid::RefreshSlot,
+) -> anyhow::Result<()> {
+    let Some(pod_ip) = args.pod_ip else {
+        tracing::warn!(
+            "sharded with the Event Grid endpoint on but no --pod-ip: vault events refresh only the VaultSecrets of \
+             the shard they reach, the others at their refresh interval"
+        );
+        return Ok(());
+    };
+    let lease = shard::Shard::lease_name(&args.lease_name, shard.index, shard.count);
+    let url = peers::url(pod_ip, endpoint);
+    // Without it the other shards answer 503 to deliveries for this one, and Event Grid delivers them again.
+    if let Err(error) = peers::advertise(client.clone(), &args.namespace, &lease, &args.pod_name, &url).await {
+        tracing::warn!(error = format!("{error:#}"), %lease, "could not advertise the Event Grid address on the Lease");
+    }
+    let others = (0..shard.count)
+        .filter(|index| *index != shard.index)
+        .map(|index| shard::Shard::lease_name(&args.lease_name, index, shard.count))
+        .collect();
+    slot.set_peers(peers::Peers::new(client.clone(), &args.namespace, others, args.pod_name.clone())?);
+    Ok(())
 }
 
 /// Labels (or unlabels) this replica's pod as the leader; a failure is logged (the pod may be gone, or the operator

@@ -66,8 +66,10 @@ pub struct Metrics {
     reconciles_in_flight: Gauge,
     queue_depth: Gauge,
     leader: Gauge,
+    shard: Gauge,
     cache_reads: Arc<CacheReads>,
     vault_events: Family<VaultEventLabels, Counter>,
+    vault_event_forwards: Family<ResultLabels, Counter>,
     vault_secret_states: Arc<vaultsecrets::VaultSecretStates>,
 }
 
@@ -123,11 +125,25 @@ impl Metrics {
             "1 while this replica runs the controllers (holds the Lease), else 0",
             leader.clone(),
         );
+        let shard = Gauge::default();
+        // Nothing held until the Lease is won.
+        shard.set(-1);
+        registry.register(
+            "shard",
+            "The shard this replica holds (0 to --shards - 1; 0 when unsharded), or -1 while it stands by",
+            shard.clone(),
+        );
         let vault_events = Family::<VaultEventLabels, Counter>::default();
         registry.register(
             "vault_events",
             "Vault events received from Azure Event Grid, by event type and result",
             vault_events.clone(),
+        );
+        let vault_event_forwards = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "vault_event_forwards",
+            "Event Grid deliveries passed on to the holder of another shard, by result",
+            vault_event_forwards.clone(),
         );
         let cache_reads = Arc::new(CacheReads::default());
         registry.register_collector(Box::new(cache_reads.clone()));
@@ -144,8 +160,10 @@ impl Metrics {
             reconciles_in_flight,
             queue_depth,
             leader,
+            shard,
             cache_reads,
             vault_events,
+            vault_event_forwards,
             vault_secret_states,
         })
     }
@@ -208,6 +226,11 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    /// The shard this replica holds, if any.
+    pub fn set_shard(&self, index: Option<u32>) {
+        self.shard.set(index.map_or(-1, i64::from));
+    }
+
     /// Observes the seconds from a content change to a rollout.
     pub fn rollout_latency(&self, seconds: f64) {
         self.rollout_latency.observe(seconds);
@@ -225,6 +248,11 @@ impl Metrics {
         self.vault_events
             .get_or_create(&VaultEventLabels { r#type: event_type.to_owned(), result: result.to_owned() })
             .inc();
+    }
+
+    /// Counts one delivery passed on to another shard's holder: `result` is `ok` or `failed`.
+    pub fn vault_event_forward(&self, result: &str) {
+        self.vault_event_forwards.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
     }
 
     /// Every metric in the OpenMetrics text format, ending with `# EOF`.
@@ -351,6 +379,7 @@ mod tests {
             r#"vaultsync_refresh_lists_total{result="refused"} 0"#,
             "vaultsync_queue_depth 4",
             "vaultsync_leader 0",
+            "vaultsync_shard -1",
             "vaultsync_reconciles_in_flight 0",
             "vaultsync_reconcile_duration_seconds_count 1",
             "# TYPE vaultsync_cache_reads counter",

@@ -44,6 +44,7 @@ use crate::{
     args::parse_duration,
     metrics::Metrics,
     render::{self, SecretData},
+    shard::Shard,
 };
 
 pub const RELOAD_LABEL: &str = "vaultsync.dev/reload";
@@ -138,8 +139,9 @@ impl Rollouts {
         }
     }
 
-    /// Watches labelled workloads (in `namespace`, or everywhere) and runs the debounced checks.
-    pub fn run(self: Arc<Self>, namespace: Option<String>) -> BoxFuture<'static, ()> {
+    /// Watches labelled workloads (in `namespace`, or everywhere, of the namespaces `shard` owns) and runs the
+    /// debounced checks. Only the shard that syncs a namespace's VaultSecrets rolls its workloads.
+    pub fn run(self: Arc<Self>, namespace: Option<String>, shard: Shard) -> BoxFuture<'static, ()> {
         let mut watches = Vec::new();
         for kind in KINDS {
             let api: Api<DynamicObject> = match &namespace {
@@ -152,10 +154,9 @@ impl Rollouts {
             let config = watcher::Config::default().labels(&format!("{RELOAD_LABEL}=true"));
             let this = self.clone();
             // A labelled workload that appears or changes is checked (its baseline recorded).
-            let events = reflector::reflector(writer, watcher(api, config))
-                .default_backoff()
-                .applied_objects()
-                .for_each(move |object| {
+            let workloads = watcher(api, config).filter(move |event| futures::future::ready(shard.keeps(event)));
+            let events =
+                reflector::reflector(writer, workloads).default_backoff().applied_objects().for_each(move |object| {
                     if let Ok(object) = object {
                         let workload = Workload {
                             kind,

@@ -1,6 +1,7 @@
 //! Store status: a `VaultStore` or `ClusterVaultStore` is `Ready` once its backend can be
 //! built, a token obtained and the vault answers one cheap call; otherwise the condition says
-//! why. Checked on every spec change and then every few minutes, never on our own status writes.
+//! why. Checked on every spec change and then every few minutes, never on our own status writes. With sharding,
+//! each status is written by one shard (see `run`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,7 +29,7 @@ use vaultsync_api::{
 
 use vaultsync_stores::Stores;
 
-use crate::vaultsecret::FIELD_MANAGER;
+use crate::{shard::Shard, vaultsecret::FIELD_MANAGER};
 
 /// The parts of a store this controller needs, for both kinds.
 trait StoreObject:
@@ -95,25 +96,28 @@ struct Context {
 }
 
 /// Runs the status controllers: VaultStores (in `namespace`, or everywhere) and, for a
-/// cluster-wide operator only, ClusterVaultStores.
-pub async fn run(client: Client, namespace: Option<String>, stores: Arc<Stores>) {
+/// cluster-wide operator only, ClusterVaultStores. A shard writes the status of the VaultStores in its namespaces,
+/// and shard 0 that of the ClusterVaultStores, so each status has one writer.
+pub async fn run(client: Client, namespace: Option<String>, stores: Arc<Stores>, shard: Shard) {
     let ctx = Arc::new(Context { client: client.clone(), stores });
     let namespaced = match &namespace {
         Some(ns) => Api::<VaultStore>::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let vault_stores = controller(namespaced, ctx.clone());
-    if namespace.is_some() {
+    let vault_stores = controller(namespaced, ctx.clone(), shard);
+    if namespace.is_some() || !shard.owns_cluster_scope() {
         // A namespace-scoped operator does not own the status of cluster-scoped stores.
         vault_stores.await;
     } else {
-        futures::join!(vault_stores, controller(Api::<ClusterVaultStore>::all(client), ctx));
+        futures::join!(vault_stores, controller(Api::<ClusterVaultStore>::all(client), ctx, shard));
     }
 }
 
-async fn controller<K: StoreObject>(api: Api<K>, ctx: Arc<Context>) {
+async fn controller<K: StoreObject>(api: Api<K>, ctx: Arc<Context>, shard: Shard) {
     let (reader, writer) = reflector::store();
-    let events = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let stores =
+        watcher(api, watcher::Config::default()).filter(move |event| futures::future::ready(shard.keeps(event)));
+    let events = reflector::reflector(writer, stores)
         .default_backoff()
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());

@@ -92,3 +92,15 @@ The Event Grid endpoint's port, checked: a port number other than the metrics po
 {{- end }}
 {{- $port }}
 {{- end }}
+
+{{/*
+The operator's replicas: replicaCount, or when sharding one per shard plus the standbys.
+*/}}
+{{- define "vaultsync.replicas" -}}
+{{- $shards := int .Values.sharding.shards }}
+{{- if gt $shards 1 }}
+{{- add $shards (int .Values.sharding.standbys) }}
+{{- else }}
+{{- .Values.replicaCount }}
+{{- end }}
+{{- end }}

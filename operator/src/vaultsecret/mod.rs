@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, future::ready};
 use k8s_openapi::{
     api::core::v1::Secret,
     jiff::{SignedDuration, Timestamp},
@@ -45,6 +45,7 @@ use crate::{
     Args,
     metrics::Metrics,
     rollout::{Rollouts, Statuses},
+    shard::Shard,
 };
 
 mod cleanup;
@@ -193,14 +194,15 @@ impl Context {
     }
 }
 
-/// Builds the controller for VaultSecrets (in `namespace`, or everywhere): a trigger for vault
-/// events, and the future that runs the controller until shutdown.
+/// Builds the controller for VaultSecrets (in `namespace`, or everywhere, of the namespaces `shard` owns): a trigger
+/// for vault events, and the future that runs the controller until shutdown.
 pub fn controller(
     client: Client,
     args: Args,
     metrics: Arc<Metrics>,
     hmac_key: Zeroizing<Vec<u8>>,
     stores: Arc<Stores>,
+    shard: Shard,
 ) -> (RefreshTrigger, impl Future<Output = ()>) {
     let (vaultsecrets, secrets_api, stores_api): (Api<VaultSecret>, Api<PartialObjectMeta<Secret>>, Api<VaultStore>) =
         match &args.watch_namespace {
@@ -217,11 +219,13 @@ pub fn controller(
     // Memory: of a Secret's managed fields only whether our create's entry is still there (see `target.rs`).
     let secret_events = reflector::reflector(
         secrets_writer,
-        watcher(secrets_api, managed).modify(|secret: &mut PartialObjectMeta<Secret>| {
-            let ours = target::create_entry_of(secret.metadata.managed_fields.take());
-            secret.metadata.managed_fields = ours;
-            secret.metadata.annotations = None;
-        }),
+        watcher(secrets_api, managed).filter(move |event| ready(shard.keeps(event))).modify(
+            |secret: &mut PartialObjectMeta<Secret>| {
+                let ours = target::create_entry_of(secret.metadata.managed_fields.take());
+                secret.metadata.managed_fields = ours;
+                secret.metadata.annotations = None;
+            },
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -229,15 +233,18 @@ pub fn controller(
     // Our own status writes must not trigger reconciles (a failing VaultSecret would retry at
     // once instead of after its backoff): only spec, force-sync and deletion changes do.
     let (reader, writer) = reflector::store();
-    // Memory: the cached VaultSecrets keep neither managed fields nor the last-applied annotation kubectl adds.
+    // Memory: the cached VaultSecrets keep neither managed fields nor the last-applied annotation kubectl adds, nor
+    // any of another shard's (the apiserver cannot filter by namespace hash, so they are dropped on receipt).
     let vaultsecret_events = reflector::reflector(
         writer,
-        watcher(vaultsecrets, watcher::Config::default().any_semantic()).modify(|vs: &mut VaultSecret| {
-            vs.metadata.managed_fields = None;
-            if let Some(annotations) = vs.metadata.annotations.as_mut() {
-                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        }),
+        watcher(vaultsecrets, watcher::Config::default().any_semantic())
+            .filter(move |event| ready(shard.keeps(event)))
+            .modify(|vs: &mut VaultSecret| {
+                vs.metadata.managed_fields = None;
+                if let Some(annotations) = vs.metadata.annotations.as_mut() {
+                    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+            }),
     )
     .default_backoff()
     .applied_objects()
@@ -263,7 +270,7 @@ pub fn controller(
     stores.use_caches(vault_store_reader, cluster_store_reader);
     let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader.clone());
     let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores, reader));
-    let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone());
+    let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone(), shard);
     let (sender, requests) = mpsc::unbounded_channel();
     let backlog = report_backlog(ctx.clone(), by_backlog.clone(), sender.clone());
     let trigger = RefreshTrigger {

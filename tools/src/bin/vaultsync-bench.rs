@@ -12,6 +12,8 @@
 //!
 //! and (6) the operator's peak resident memory (VmHWM) at the end of each phase. The numbers are
 //! those of the table printed at the end and of `docs/benchmarks.md`, which explains them.
+//!
+//! `--shards N` runs instead N sharded operators over VaultSecrets spread across namespaces (`run_sharded`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -95,6 +97,23 @@ struct Flags {
     /// Give up waiting for VaultSecrets to become Ready after this long.
     #[arg(long, default_value = "20m")]
     timeout: String,
+
+    /// Instead of the phases: this many sharded operator processes (`--shards`) split `--count` VaultSecrets spread
+    /// over `--namespaces` namespaces; prints the time until all are Ready and each shard's peak memory.
+    #[arg(long, default_value_t = 1)]
+    shards: u32,
+
+    /// With --shards: the namespaces the VaultSecrets are spread over.
+    #[arg(long, default_value_t = 20)]
+    namespaces: usize,
+
+    /// With --shards: one more operator process, standing by for any shard.
+    #[arg(long)]
+    standby: bool,
+
+    /// With --shards and --standby: kill (SIGKILL) the holder of shard 0 once half the VaultSecrets are created.
+    #[arg(long)]
+    kill_shard: bool,
 }
 
 /// How the operator's read cache served reads between two scrapes, and the lists it took: the counters that show
@@ -106,6 +125,29 @@ fn cache_line(before: &Scrape, after: &Scrape) -> String {
     let lists = ["complete", "stopped", "refused"]
         .map(|r| format!("{r} {}", delta(format!("vaultsync_refresh_lists_total{{result=\"{r}\"}}"))));
     format!("reads {}; lists {}", reads.join(", "), lists.join(", "))
+}
+
+/// Applies the VaultSecrets in `specs`, `creators` at a time, counting them in `created`; returns when the last one
+/// was created.
+fn spawn_creator(
+    specs: Vec<(Api<VaultSecret>, String, Value)>,
+    creators: usize,
+    created: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<anyhow::Result<Instant>> {
+    tokio::spawn(async move {
+        let mut applies = futures::stream::iter(specs)
+            .map(|(api, name, body)| async move {
+                api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                    .await
+                    .with_context(|| format!("applying VaultSecret {name}"))
+            })
+            .buffer_unordered(creators.max(1));
+        while let Some(result) = applies.next().await {
+            result?;
+            created.fetch_add(1, Ordering::Relaxed);
+        }
+        anyhow::Ok(Instant::now())
+    })
 }
 
 const PROBE: &str = "bench-probe";
@@ -176,6 +218,13 @@ async fn main() -> anyhow::Result<()> {
         bail!("--operator-bin {} is not a file", flags.operator_bin.display());
     }
     let mut bench = Bench::setup(flags, interval, timeout).await?;
+    if bench.flags.shards > 1 {
+        let result = bench.run_sharded().await;
+        bench.stop_operators().await;
+        result?;
+        println!("operator logs: {}", bench.log_dir.display());
+        return Ok(());
+    }
     let result = bench.run().await;
     bench.stop_operators().await;
     let report = result?;
@@ -457,7 +506,8 @@ impl Bench {
 
     async fn start_operator(&mut self, label: &str, own: bool) -> anyhow::Result<()> {
         let ns = self.namespace(own).name.clone();
-        let op = Operator::start(label, &self.flags.operator_bin, &self.kubeconfig, &ns, &self.log_dir).await?;
+        let args = ["--namespace", &ns, "--watch-namespace", &ns, "--leader-elect", "false"].map(String::from);
+        let op = Operator::start(label, &self.flags.operator_bin, &self.kubeconfig, &args, &self.log_dir).await?;
         progress!(self.started, "{label} running (pid {}, metrics on {})", op.pid, op.metrics);
         self.operators.push(op);
         Ok(())
@@ -535,7 +585,7 @@ impl Bench {
         let before = self.snapshot(own).await?;
         let objects = (0..n).map(&object).collect::<BTreeSet<_>>().len();
         let created = Arc::new(AtomicUsize::new(0));
-        let specs: Vec<(String, Value)> = (0..n)
+        let specs: Vec<(Api<VaultSecret>, String, Value)> = (0..n)
             .map(|i| {
                 let name = self.vault_secret_name(i);
                 let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
@@ -545,29 +595,10 @@ impl Bench {
                     "refreshInterval": self.flags.interval,
                     "data": [{ "secretKey": "value", "remoteRef": { "name": object(i) } }],
                 }});
-                (name, body)
+                (api.clone(), name, body)
             })
             .collect();
-        let creator = tokio::spawn({
-            let (api, created, creators) = (api.clone(), created.clone(), self.flags.creators.max(1));
-            async move {
-                let mut applies = futures::stream::iter(specs)
-                    .map(|(name, body)| {
-                        let api = api.clone();
-                        async move {
-                            api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-                                .await
-                                .with_context(|| format!("applying VaultSecret {name}"))
-                        }
-                    })
-                    .buffer_unordered(creators);
-                while let Some(result) = applies.next().await {
-                    result?;
-                    created.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(Instant::now())
-            }
-        });
+        let creator = spawn_creator(specs, self.flags.creators, created.clone());
         let mut created_at = None;
         let mut creator = Some(creator);
         let mut last_line = Instant::now();
@@ -874,7 +905,7 @@ impl Operator {
         label: &str,
         bin: &Path,
         kubeconfig: &Path,
-        namespace: &str,
+        args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -883,7 +914,7 @@ impl Operator {
         let mut supervisor = tokio::process::Command::new(tool("controlplane")?)
             .args(["supervise", "--"])
             .arg(bin)
-            .args(["--namespace", namespace, "--watch-namespace", namespace, "--leader-elect", "false"])
+            .args(args)
             .args(["--metrics-addr", &metrics.to_string(), "--log-json", "true"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
@@ -1415,5 +1446,195 @@ impl Report {
         for r in &rows {
             println!("{}", line([&r[0], &r[1], &r[2]]));
         }
+    }
+}
+
+// === the sharded run ===
+
+impl Bench {
+    /// `--shards N`: N operator processes (and a standby with `--standby`) with leader election, cluster-wide, split
+    /// `--count` VaultSecrets (each on its own object) spread round-robin over `--namespaces` namespaces, all on one
+    /// ClusterVaultStore. Prints the time until all are Ready (from the first and from the last creation) and, per
+    /// operator, the shard it holds, the VaultSecrets it keeps, its Secret writes and its peak memory.
+    async fn run_sharded(&mut self) -> anyhow::Result<()> {
+        let (n, shards) = (self.flags.count, self.flags.shards);
+        let width = n.to_string().len();
+        for i in 0..n {
+            self.vault_own.set_secret(&format!("bench-obj-{i:0width$}"), &format!("value-{i}-v1"));
+        }
+        // As in `run`: objects written well before they are read.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut namespaces = Vec::new();
+        for _ in 0..self.flags.namespaces.max(1) {
+            namespaces.push(TestNamespace::new("bench-tenant").await);
+        }
+        let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
+        let store = format!("bench-{}", self.ns_own.name);
+        let mut spec = json!({
+            "provider": { "azureKeyVault": {
+                "vaultUrl": self.vault_own.url(), "tenantId": "tenant-1", "cloud": "Custom",
+                "authorityHost": self.entra.authority_host(), "caBundle": TestCa::shared().ca_pem(),
+                "auth": { "workloadIdentity": {
+                    "serviceAccountRef": { "name": READER_SA, "namespace": self.ns_own.name }, "clientId": "bench-own" } },
+            }},
+            "budget": { "requestsPerSecond": self.flags.rps, "burst": self.flags.burst },
+        });
+        spec["conditions"] = json!([{ "namespaces": names }]);
+        let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "ClusterVaultStore",
+            "metadata": { "name": store }, "spec": spec });
+        Api::<vaultsync_api::ClusterVaultStore>::all(self.client.clone())
+            .patch(&store, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .context("applying the ClusterVaultStore")?;
+
+        let replicas = shards + u32::from(self.flags.standby);
+        for i in 0..replicas {
+            let label = format!("replica-{i}");
+            let args = [
+                "--namespace",
+                &self.ns_own.name,
+                "--leader-elect",
+                "true",
+                "--shards",
+                &shards.to_string(),
+                "--pod-name",
+                &label,
+                "--lease-name",
+                "vaultsync-bench",
+            ]
+            .map(String::from);
+            let op = Operator::start(&label, &self.flags.operator_bin, &self.kubeconfig, &args, &self.log_dir).await?;
+            progress!(self.started, "{label} running (pid {}, metrics on {})", op.pid, op.metrics);
+            self.operators.push(op);
+            if i + 1 == shards {
+                // Every shard held before the standby starts, so the standby is the one left over.
+                self.wait_shards_held(shards).await?;
+            }
+        }
+
+        progress!(self.started, "creating {n} VaultSecrets over {} namespaces, {shards} shards", namespaces.len());
+        let started = Instant::now();
+        let specs: Vec<(Api<VaultSecret>, String, Value)> = (0..n)
+            .map(|i| {
+                let name = self.vault_secret_name(i);
+                let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret",
+                    "metadata": { "name": name },
+                    "spec": { "storeRef": { "kind": "ClusterVaultStore", "name": store },
+                        "refreshInterval": self.flags.interval,
+                        "data": [{ "secretKey": "value", "remoteRef": { "name": format!("bench-obj-{i:0width$}") } }] } });
+                (namespaces[i % namespaces.len()].api(), name, body)
+            })
+            .collect();
+        let created = Arc::new(AtomicUsize::new(0));
+        let mut creator = Some(spawn_creator(specs, self.flags.creators, created.clone()));
+        let mut created_at = None;
+        let mut killed = None;
+        let all: Api<VaultSecret> = Api::all(self.client.clone());
+        loop {
+            if let Some(task) = creator.take_if(|t| t.is_finished()) {
+                created_at = Some(task.await.context("the creating task")??);
+            }
+            if self.flags.kill_shard && killed.is_none() && created.load(Ordering::Relaxed) >= n / 2 {
+                killed = Some(self.kill_shard_holder(0).await?);
+            }
+            let list = all.list(&ListParams::default()).await.context("listing VaultSecrets")?;
+            let ours =
+                list.items.iter().filter(|vs| vs.metadata.namespace.as_ref().is_some_and(|ns| names.contains(ns)));
+            let ready = ours.filter(|vs| is_ready(vs)).count();
+            let mut kept = Vec::new();
+            for op in &self.operators {
+                let m = op.scrape().await.map(|m| m.get(r#"vaultsync_vaultsecrets{ready="true"}"#)).unwrap_or(-1.0);
+                kept.push(format!("{} {m}", op.label));
+            }
+            progress!(
+                self.started,
+                "  {:>5.1}s: created {}/{n}, Ready {ready}/{n} (Ready per operator: {})",
+                started.elapsed().as_secs_f64(),
+                created.load(Ordering::Relaxed),
+                kept.join(", ")
+            );
+            if ready == n && created_at.is_some() {
+                break;
+            }
+            if started.elapsed() > self.timeout {
+                bail!("only {ready}/{n} VaultSecrets Ready after {:?}; see {}", self.timeout, self.log_dir.display());
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let total = started.elapsed();
+        let after_last = created_at.map_or(Duration::ZERO, |at| at.elapsed());
+        println!();
+        println!(
+            "{n} VaultSecrets over {} namespaces, {shards} shards{}: all Ready {:.1}s after the first creation, \
+             {:.1}s after the last",
+            namespaces.len(),
+            if self.flags.standby { " and a standby" } else { "" },
+            total.as_secs_f64(),
+            after_last.as_secs_f64()
+        );
+        if let Some((label, shard)) = &killed {
+            println!("{label}, the holder of shard {shard}, was killed (SIGKILL) halfway through the creations");
+        }
+        println!(
+            "| operator | shard | VaultSecrets kept | Secret creates | Secret writes by verb | peak memory (VmHWM) |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for op in &self.operators {
+            let Ok(m) = op.scrape().await else { continue };
+            // By verb: a create per new Secret; a patch and an apply where a Secret's content changed, or where a
+            // holder found a Secret it had not written (its predecessor died between the create and the status).
+            let writes: BTreeMap<String, f64> = m
+                .0
+                .iter()
+                .filter(|(series, _)| series.starts_with("vaultsync_apiserver_writes_total{"))
+                .filter(|(series, _)| series.contains(r#"resource="secrets""#))
+                .filter_map(|(series, v)| Some((series.split_once(r#"verb=""#)?.1.split('"').next()?.to_string(), *v)))
+                .collect();
+            println!(
+                "| {} | {} | {} | {} | {} | {:.1} MiB |",
+                op.label,
+                m.get("vaultsync_shard"),
+                m.get(r#"vaultsync_vaultsecrets{ready="true"}"#),
+                m.get(r#"vaultsync_apiserver_writes_total{verb="create",resource="secrets"}"#),
+                join_counts(&writes),
+                op.memory().map_or(0.0, |memory| mib(memory.hwm_kb))
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until `shards` operators report holding a shard.
+    async fn wait_shards_held(&self, shards: u32) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut held = 0;
+            for op in &self.operators {
+                if op.scrape().await.is_ok_and(|m| m.get("vaultsync_shard") >= 0.0) {
+                    held += 1;
+                }
+            }
+            if held >= shards {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {held} of {shards} shards held after 60 s; see {}", self.log_dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills the operator holding `shard` the hard way (no release of its Lease); returns its label and shard.
+    async fn kill_shard_holder(&mut self, shard: u32) -> anyhow::Result<(String, u32)> {
+        let mut holder = None;
+        for (index, op) in self.operators.iter().enumerate() {
+            if op.scrape().await.is_ok_and(|m| m.get("vaultsync_shard") == f64::from(shard)) {
+                holder = Some(index);
+            }
+        }
+        let op = self.operators.remove(holder.context("no operator holds the shard")?);
+        let status = tokio::process::Command::new("kill").args(["-KILL", &op.pid.to_string()]).status().await?;
+        anyhow::ensure!(status.success(), "kill -KILL {} failed", op.pid);
+        progress!(self.started, "killed {} (pid {}), the holder of shard {shard}", op.label, op.pid);
+        Ok((op.label.clone(), shard))
     }
 }
