@@ -1,11 +1,12 @@
 //! The VaultSecret controller: reads the objects a VaultSecret names through the shared cache, writes the target
-//! Secret, and keeps it so: routine refreshes on the schedule in `status.refreshTime`, forced refreshes by annotation,
-//! and drift healed from the read cache (the values the last refresh read) without asking the vault again. A failing store, backend or write
-//! never empties or deletes the Secret; it shows up as the `Ready` condition's reason and an Event.
+//! Secret, and keeps it so: routine refreshes in computed slots (held back by `routine` so that they never queue in
+//! front of new work), forced refreshes by annotation, and drift healed from the read cache (the values the last
+//! refresh read) without asking the vault again. A failing store, backend or write never empties or deletes the
+//! Secret; it shows up as the `Ready` condition's reason and an Event.
 //!
 //! This file wires the controller (watches, triggers, the reconcile entry point with its timeout); the sync itself
-//! is in `plan` (the decision, a pure function), `sync` (carrying it out), `read`, `target`, `status` and
-//! `cleanup`.
+//! is in `plan` (the decision, a pure function), `sync` (carrying it out), `read`, `target`, `status`, `cleanup` and
+//! `routine` (the queue of next refreshes).
 
 use std::{
     collections::HashMap,
@@ -55,6 +56,7 @@ mod objects;
 pub mod offline;
 pub mod plan;
 mod read;
+mod routine;
 mod status;
 mod sync;
 mod target;
@@ -111,6 +113,9 @@ pub struct Context {
     /// When this process last read the vault for each VaultSecret: the schedule, kept out of the status so that
     /// unchanged content costs no write.
     schedule: Mutex<HashMap<String, Timestamp>>,
+    /// Next routine refreshes, passed to the controller only while there is room, so new work never queues behind
+    /// a whole round.
+    routine: routine::Routine,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -190,6 +195,7 @@ impl Context {
             find_memory: find::FindMemory::default(),
             expiry_warning: args.certificate_expiry_warning,
             schedule: Mutex::default(),
+            routine: routine::Routine::default(),
         }
     }
 }
@@ -273,6 +279,12 @@ pub fn controller(
     let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone(), shard);
     let (sender, requests) = mpsc::unbounded_channel();
     let backlog = report_backlog(ctx.clone(), by_backlog.clone(), sender.clone());
+    // Routine refreshes wait outside the queue; at most twice the concurrency of them stand in it at a time.
+    let routine = {
+        let (ctx, store, send) = (ctx.clone(), by_backlog.clone(), sender.clone());
+        let limit = 2 * usize::from(args.concurrency.max(1));
+        async move { ctx.routine.run(store, limit, send).await }
+    };
     let trigger = RefreshTrigger {
         client: client.clone(),
         namespace: args.watch_namespace.clone(),
@@ -301,6 +313,7 @@ pub fn controller(
             () = controller => {}
             () = backlog => {}
             () = rollouts => {}
+            () = routine => {}
         }
     };
     (trigger, run)
@@ -406,6 +419,7 @@ fn referencing(
 #[instrument(skip(vs, ctx), fields(vaultsecret = %format!("{}/{}", vs.namespace().unwrap_or_default(), vs.name_any())))]
 async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
+    ctx.routine.started(&uid(&vs));
     ctx.rollouts.vaultsecrets_listed.store(true, std::sync::atomic::Ordering::Relaxed);
     let namespace = vs.namespace().unwrap_or_default();
     let object = format!("{namespace}/{}", vs.name_any());

@@ -60,7 +60,7 @@ impl Sync<'_> {
         };
         let read = match plan::decide(&facts) {
             Decision::Check { expected, next } => match self.check(&status, &expected).await {
-                Ok(true) => return Ok(next.map_or_else(Action::await_change, Action::requeue)),
+                Ok(true) => return Ok(self.refresh_after(next)),
                 Ok(false) => plan::Read::because(ReadReason::Drift, interval),
                 Err(failure) => return self.not_synced(failure).await,
             },
@@ -197,13 +197,21 @@ impl Sync<'_> {
         if comparison != Comparison::Same {
             self.ctx.rollouts.vault_secret_synced(self.vs, &self.target);
         }
-        Ok(match interval {
-            Interval::Every(every) => match plan::next_due(now, every, phase) {
-                Some(due) => Action::requeue(due.duration_since(now).unsigned_abs().max(Duration::from_secs(1))),
-                None => Action::await_change(),
-            },
-            Interval::Once => Action::await_change(),
-        })
+        let next = match interval {
+            Interval::Every(every) => plan::next_due(now, every, phase)
+                .map(|due| due.duration_since(now).unsigned_abs().max(Duration::from_secs(1))),
+            Interval::Once => None,
+        };
+        Ok(self.refresh_after(next))
+    }
+
+    /// Leaves the next routine refresh (if any) with the routine queue, not the controller's: see `routine.rs`.
+    fn refresh_after(&self, next: Option<Duration>) -> Action {
+        if let Some(after) = next {
+            let object = kube::runtime::reflector::ObjectRef::from_obj(self.vs);
+            self.ctx.routine.schedule(self.map_key(), object, after);
+        }
+        Action::await_change()
     }
 
     /// When this process last read the vault for this VaultSecret; for one it has not read yet (after a restart),
