@@ -222,6 +222,13 @@ impl Env {
         if let Some(op) = self.operator.take() {
             op.abort();
             let _ = op.await;
+            // Its metrics endpoint is a task of its own that ends (and frees the port) a moment later; an operator
+            // started again on the same port before that fails to bind it.
+            let port = self.metrics_port;
+            eventually(Duration::from_secs(10), "the stopped operator's metrics port to be free", || async move {
+                std::net::TcpListener::bind(("127.0.0.1", port)).ok().map(drop)
+            })
+            .await;
         }
     }
 
