@@ -13,6 +13,7 @@ pub mod render;
 pub mod rollout;
 pub mod shard;
 pub mod store_status;
+pub mod triggers;
 pub mod vaultsecret;
 
 use std::{

@@ -122,6 +122,7 @@ async fn controller<K: StoreObject>(api: Api<K>, ctx: Arc<Context>, shard: Shard
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(events, reader)
+        .trigger_backoff(crate::triggers::EachWatchBacksOff)
         .shutdown_on_signal()
         .run(
             reconcile::<K>,

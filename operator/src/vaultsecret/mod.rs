@@ -257,7 +257,8 @@ pub fn controller(
     .predicate_filter(spec_or_request_changed, Default::default());
     metrics.watch_vault_secrets(reader.clone());
     let controller = Controller::for_stream(vaultsecret_events, reader.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency))
+        .trigger_backoff(crate::triggers::EachWatchBacksOff);
     // Stores: only spec changes matter here (not the status the store controller writes), and the
     // cached copies spare a GET per reconcile.
     let (vault_store_reader, vault_store_writer) = reflector::store();
