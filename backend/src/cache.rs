@@ -27,7 +27,8 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
-type Key = (Identity, ObjectRef);
+/// The identity is shared by every key it reads (one allocation per identity, not per object).
+type Key = (Arc<Identity>, ObjectRef);
 
 /// An entry is kept this many times the oldest age any caller accepts (at least): a VaultSecret's next refresh round
 /// may come up to 1.9 intervals after its last read (its store's rounds, not its own read, set the time), and a list
@@ -62,6 +63,8 @@ pub struct ReadCache {
     default_age: Duration,
     error_age: Duration,
     slots: Mutex<HashMap<Key, Slot>>,
+    /// One copy of each identity that has keys here.
+    identities: Mutex<std::collections::HashSet<Arc<Identity>>>,
     last_prune: Mutex<Option<Instant>>,
     pub stats: CacheStats,
     /// Lists that show which secrets changed (Key Vault), so unchanged ones are not read again.
@@ -75,6 +78,7 @@ impl ReadCache {
             default_age,
             error_age: Duration::from_secs(2),
             slots: Mutex::default(),
+            identities: Mutex::default(),
             last_prune: Mutex::default(),
             stats: CacheStats::default(),
             lists: ListIndex::default(),
@@ -91,7 +95,7 @@ impl ReadCache {
         max_age: Option<Duration>,
     ) -> Result<FetchedSecret> {
         let max_age = max_age.unwrap_or(self.default_age);
-        let key = (backend.identity().clone(), object.clone());
+        let key = (self.interned(backend.identity()), object.clone());
         let slot = self.slots.lock().expect("cache lock").entry(key).or_default().clone();
         let asked = Instant::now();
         let mut entry = slot.lock().await;
@@ -162,12 +166,26 @@ impl ReadCache {
             Ok(entry) => entry.read.as_ref().is_some_and(|(at, _)| at.elapsed() < entry.keep * KEEP_FACTOR),
             Err(_) => true,
         });
+        drop(slots);
+        // An identity no key holds any more (only this set does) is forgotten too.
+        self.identities.lock().expect("identities lock").retain(|identity| Arc::strong_count(identity) > 1);
+    }
+
+    /// The shared copy of `identity`.
+    fn interned(&self, identity: &Identity) -> Arc<Identity> {
+        let mut identities = self.identities.lock().expect("identities lock");
+        if let Some(shared) = identities.get(identity) {
+            return shared.clone();
+        }
+        let shared = Arc::new(identity.clone());
+        identities.insert(shared.clone());
+        shared
     }
 
     /// The secrets cached for `identity` that a refresh would read again (latest versions): what a list replaces.
     fn demand(&self, identity: &Identity) -> usize {
         let slots = self.slots.lock().expect("cache lock");
-        slots.keys().filter(|(id, o)| id == identity && o.version.is_none() && o.kind == ObjectKind::Secret).count()
+        slots.keys().filter(|(id, o)| **id == *identity && o.version.is_none() && o.kind == ObjectKind::Secret).count()
     }
 
     /// Forgets every entry of `object` (all identities), e.g. when the vault reports a new version.
