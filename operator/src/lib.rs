@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod eventgrid;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;

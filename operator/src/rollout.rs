@@ -25,7 +25,7 @@ use kube::{
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
     runtime::{
         WatchStreamExt,
-        events::{Event, EventType, Recorder},
+        events::{Event, EventType},
         reflector::{self, Store},
         watcher::{self, watcher},
     },
@@ -42,6 +42,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     args::parse_duration,
+    events::Recorder,
     metrics::Metrics,
     render::{self, SecretData},
     shard::Shard,
@@ -340,7 +341,6 @@ impl Rollouts {
     /// The content the workload depends on: each source VaultSecret's digest, the template annotation they make
     /// together, and the latest content change among them. No sources when no synced VaultSecret feeds it.
     fn desired(&self, workload: &Workload, spec: &PodSpec, labelled: bool) -> Desired {
-        let statuses = self.statuses.lock().expect("statuses lock").clone();
         let mut sources = BTreeMap::new();
         let mut changed_at = None;
         for vs in self.vaultsecrets.state() {
@@ -358,7 +358,8 @@ impl Rollouts {
             if !consumer {
                 continue;
             }
-            let status = match (statuses.get(&crate::vaultsecret::uid(&vs)), vs.status.as_ref()) {
+            let ours = self.statuses.lock().expect("statuses lock").get(&crate::vaultsecret::uid(&vs)).cloned();
+            let status = match (ours.as_ref(), vs.status.as_ref()) {
                 (Some(ours), Some(seen)) if seen.synced_at > ours.synced_at => seen.clone(),
                 (Some(ours), _) => ours.clone(),
                 (None, Some(seen)) => seen.clone(),

@@ -25,7 +25,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Recorder, Reporter},
+        events::Reporter,
         predicates,
         reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
@@ -44,6 +44,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     Args,
+    events::Recorder,
     metrics::Metrics,
     rollout::{Rollouts, Statuses},
     shard::Shard,
@@ -146,6 +147,13 @@ impl Error {
     }
 }
 
+/// What the watches keep: the managed Secrets' metadata, the VaultSecrets, and the statuses written but not yet seen.
+pub struct Watched {
+    secrets: Store<PartialObjectMeta<Secret>>,
+    vaultsecrets: Store<VaultSecret>,
+    statuses: Statuses,
+}
+
 // === impl Context ===
 
 impl Context {
@@ -154,12 +162,11 @@ impl Context {
         args: &Args,
         metrics: Arc<Metrics>,
         hmac_key: Zeroizing<Vec<u8>>,
-        secrets: Store<PartialObjectMeta<Secret>>,
         stores: Arc<Stores>,
-        vaultsecrets: Store<VaultSecret>,
+        watched: Watched,
     ) -> Self {
+        let Watched { secrets, vaultsecrets, statuses } = watched;
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(args.pod_name.clone()) };
-        let statuses = Statuses::default();
         let rollout_reporter =
             Reporter { controller: "vaultsync-rollout".into(), instance: Some(args.pod_name.clone()) };
         let rollouts = Rollouts::new(
@@ -222,16 +229,11 @@ pub fn controller(
     // Only the Secrets we manage, and only their metadata: no cache of every Secret's data.
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let (secrets_reader, secrets_writer) = reflector::store();
-    // Memory: of a Secret's managed fields only whether our create's entry is still there (see `target.rs`).
     let secret_events = reflector::reflector(
         secrets_writer,
-        watcher(secrets_api, managed).filter(move |event| ready(shard.keeps(event))).modify(
-            |secret: &mut PartialObjectMeta<Secret>| {
-                let ours = target::create_entry_of(secret.metadata.managed_fields.take());
-                secret.metadata.managed_fields = ours;
-                secret.metadata.annotations = None;
-            },
-        ),
+        watcher(secrets_api, managed)
+            .filter(move |event| ready(shard.keeps(event)))
+            .modify(target::keep_what_target_needs),
     )
     .default_backoff()
     .touched_objects();
@@ -239,17 +241,21 @@ pub fn controller(
     // Our own status writes must not trigger reconciles (a failing VaultSecret would retry at
     // once instead of after its backoff): only spec, force-sync and deletion changes do.
     let (reader, writer) = reflector::store();
+    let statuses = Statuses::default();
+    let reflected = statuses.clone();
     // Memory: the cached VaultSecrets keep neither managed fields nor the last-applied annotation kubectl adds, nor
-    // any of another shard's (the apiserver cannot filter by namespace hash, so they are dropped on receipt).
+    // any of another shard's (the apiserver cannot filter by namespace hash, so they are dropped on receipt); the
+    // copy of a status we wrote is dropped once the watch brings it.
     let vaultsecret_events = reflector::reflector(
         writer,
         watcher(vaultsecrets, watcher::Config::default().any_semantic())
             .filter(move |event| ready(shard.keeps(event)))
-            .modify(|vs: &mut VaultSecret| {
+            .modify(move |vs: &mut VaultSecret| {
                 vs.metadata.managed_fields = None;
                 if let Some(annotations) = vs.metadata.annotations.as_mut() {
                     annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
                 }
+                forget_reflected(&reflected, vs);
             }),
     )
     .default_backoff()
@@ -276,7 +282,14 @@ pub fn controller(
     .predicate_filter(predicates::generation, Default::default());
     stores.use_caches(vault_store_reader, cluster_store_reader);
     let (by_store, by_cluster_store, by_backlog) = (reader.clone(), reader.clone(), reader.clone());
-    let ctx = Arc::new(Context::new(client.clone(), &args, metrics, hmac_key, secrets_reader, stores, reader));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        &args,
+        metrics,
+        hmac_key,
+        stores,
+        Watched { secrets: secrets_reader, vaultsecrets: reader, statuses },
+    ));
     let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone(), shard);
     let (sender, requests) = mpsc::unbounded_channel();
     let backlog = report_backlog(ctx.clone(), by_backlog.clone(), sender.clone());
@@ -379,6 +392,19 @@ async fn report_backlog(
             lists_stopped: load(&lists.stopped),
             lists_refused: load(&lists.refused),
         });
+    }
+}
+
+/// Our copy of a status we wrote is needed only until the watch shows it (a reconcile must not act on the older
+/// status meanwhile); then the cached object holds it, and keeping a second copy of every status would cost as much
+/// memory as the statuses themselves. The watch event arrives in the same task that starts reconciles, before the
+/// store is updated with it, so no reconcile sees neither.
+fn forget_reflected(statuses: &Statuses, vs: &VaultSecret) {
+    let Some(seen) = vs.status.as_ref() else { return };
+    let uid = uid(vs);
+    let mut statuses = statuses.lock().expect("statuses lock");
+    if statuses.get(&uid).is_some_and(|ours| ours == seen) {
+        statuses.remove(&uid);
     }
 }
 

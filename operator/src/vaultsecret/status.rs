@@ -146,11 +146,20 @@ impl Sync<'_> {
     pub(super) async fn patch_status(&self, status: &VaultSecretStatus) -> Result<(), Error> {
         let api: Api<VaultSecret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let body = json!({ "apiVersion": "vaultsync.dev/v1alpha1", "kind": "VaultSecret", "status": status });
-        api.patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-            .await
-            .map_err(|source| Error::Kube { object: self.key(), source })?;
+        // Remembered before the write, so that the watch event it causes (which may come before this call returns)
+        // finds it and forgets it again; put back as it was if the write fails.
+        let before = self.ctx.statuses.lock().expect("statuses lock").insert(self.map_key(), status.clone());
+        let written =
+            api.patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await;
+        if let Err(source) = written {
+            let mut statuses = self.ctx.statuses.lock().expect("statuses lock");
+            match before {
+                Some(before) => statuses.insert(self.map_key(), before),
+                None => statuses.remove(&self.map_key()),
+            };
+            return Err(Error::Kube { object: self.key(), source });
+        }
         self.ctx.metrics.apiserver_write("apply", "vaultsecrets/status");
-        self.ctx.statuses.lock().expect("statuses lock").insert(self.map_key(), status.clone());
         Ok(())
     }
 

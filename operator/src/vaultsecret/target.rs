@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource as _, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
+    api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     runtime::reflector::ObjectRef,
 };
 use tracing::{info, warn};
@@ -49,11 +49,35 @@ fn conflict(message: String) -> NotSynced {
 
 /// Of a Secret's managed fields, only our create-time entry, without its field set: all the watch cache needs to know
 /// whether it is still there.
-pub(super) fn create_entry_of(fields: Option<Vec<ManagedFieldsEntry>>) -> Option<Vec<ManagedFieldsEntry>> {
+fn create_entry_of(fields: Option<Vec<ManagedFieldsEntry>>) -> Option<Vec<ManagedFieldsEntry>> {
     let index = update_entry(fields.as_ref())?;
-    let mut entry = fields?.swap_remove(index);
-    entry.fields_v1 = None;
-    Some(vec![entry])
+    let entry = fields?.swap_remove(index);
+    Some(vec![ManagedFieldsEntry { manager: entry.manager, operation: entry.operation, ..Default::default() }])
+}
+
+/// Memory: of a managed Secret's metadata the watch cache keeps only what [`Sync::target`] and
+/// [`Sync::secret_matches`] look at (name, namespace, resourceVersion, vaultsync's labels, the controller owner
+/// reference's UID, whether our create-time managed-fields entry is still there), about a third of the whole.
+pub(super) fn keep_what_target_needs(secret: &mut PartialObjectMeta<Secret>) {
+    secret.types = None;
+    let meta = &mut secret.metadata;
+    meta.managed_fields = create_entry_of(meta.managed_fields.take());
+    meta.annotations = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|key, _| [OWNER_LABEL, CREATED_LABEL, MANAGED_BY.0].contains(&key.as_str()));
+    }
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.retain(|owner| owner.controller == Some(true));
+        for owner in owners {
+            *owner =
+                OwnerReference { uid: std::mem::take(&mut owner.uid), controller: Some(true), ..Default::default() };
+        }
+    }
 }
 
 /// The index of our create-time (`Update`) entry in a Secret's managed fields, if any.
