@@ -57,7 +57,7 @@ fn create_entry_of(fields: Option<Vec<ManagedFieldsEntry>>) -> Option<Vec<Manage
 
 /// Memory: of a managed Secret's metadata the watch cache keeps only what [`Sync::target`] and
 /// [`Sync::secret_matches`] look at (name, namespace, resourceVersion, vaultsync's labels, the controller owner
-/// reference's UID, whether our create-time managed-fields entry is still there), about a third of the whole.
+/// reference's UID, whether our create-time managed-fields entry is still there).
 pub(super) fn keep_what_target_needs(secret: &mut PartialObjectMeta<Secret>) {
     secret.types = None;
     let meta = &mut secret.metadata;
