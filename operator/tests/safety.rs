@@ -10,7 +10,7 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::api::{ObjectMeta, PostParams};
 use serde_json::json;
 use support::{Env, one_key};
-use vaultsync_e2e::{eventually, keyvault::Op};
+use vaultsync_e2e::eventually;
 
 fn users_secret(name: &str, immutable: bool) -> Secret {
     Secret {
@@ -64,17 +64,18 @@ async fn an_immutable_secret_vaultsync_created_is_replaced_when_the_value_change
 async fn a_secret_created_a_moment_before_the_first_write_is_not_adopted() {
     let env = Env::start("safe-adopt").await;
     env.vault.set_secret("db-password", "vault-value");
-    // The vault answers 503 three times (the client retries with backoff), so more than a second passes between the
-    // ownership check, made before the first vault call, and the first write.
-    env.vault.fail_next(3, 503, None);
+    // The vault holds its answers: the ownership check, made before the first vault call, has passed, and the
+    // Secret appears before the operator has anything to write.
+    env.vault.hold_requests();
     env.apply_vault_secret("late", one_key("password", "db-password")).await;
     let vault = &env.vault;
     eventually(Duration::from_secs(20), "the first vault call", || async move {
-        (vault.calls(Op::GetSecret) >= 1).then_some(())
+        (vault.held_requests() >= 1).then_some(())
     })
     .await;
     let secrets = env.ns.api::<Secret>();
     let theirs = secrets.create(&PostParams::default(), &users_secret("late", false)).await.expect("someone's Secret");
+    env.vault.release_requests();
     let vs = env.wait_reason("late", "OwnershipConflict").await;
     let message = vs.status.expect("status").conditions[0].message.clone();
     assert!(message.contains("Secret late") && message.contains("not managed by vaultsync"), "{message}");

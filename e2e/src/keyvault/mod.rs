@@ -342,6 +342,10 @@ struct Shared {
     /// The origin a challenge names as the resource.
     resource: String,
     vault: Mutex<Vault>,
+    /// While true, every request waits before it is answered (see [`KeyVaultServer::hold_requests`]).
+    held: tokio::sync::watch::Sender<bool>,
+    /// Requests that arrived while held.
+    held_arrivals: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -396,6 +400,8 @@ impl KeyVaultBuilder {
             url: format!("https://{host}:{}", addr.port()),
             resource: resource.clone(),
             vault: Mutex::new(vault),
+            held: tokio::sync::watch::Sender::new(false),
+            held_arrivals: Default::default(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let task = tokio::spawn(serve_https(listener, config, app));
@@ -485,6 +491,21 @@ impl KeyVaultServer {
         let status = StatusCode::from_u16(status).expect("fail_next needs a valid HTTP status");
         let mut vault = self.shared.lock();
         vault.faults.extend((0..n).map(|_| Fault { status, retry_after_secs }));
+    }
+
+    /// Makes every request wait, unanswered, until [`KeyVaultServer::release_requests`]: a test can then act
+    /// between a client's call and its answer without depending on how long a retry or a backoff takes.
+    pub fn hold_requests(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    pub fn release_requests(&self) {
+        self.shared.held.send_replace(false);
+    }
+
+    /// Requests that arrived while [`KeyVaultServer::hold_requests`] was in force (authenticated or not).
+    pub fn held_requests(&self) -> u64 {
+        self.shared.held_arrivals.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Drops the faults still queued by [`KeyVaultServer::fail_next`] (a fault that lasted "for a while" ends).
@@ -668,6 +689,12 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let mut held = shared.held.subscribe();
+    if *held.borrow_and_update() {
+        shared.held_arrivals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The sender lives as long as `shared`, so this ends only on release.
+        let _ = held.wait_for(|held| !held).await;
+    }
     respond(&shared, &method, &uri, &headers, &body).unwrap_or_else(IntoResponse::into_response)
 }
 
