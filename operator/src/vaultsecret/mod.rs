@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, future::ready};
+use futures::{StreamExt, TryStreamExt, future::ready};
 use k8s_openapi::{
     api::core::v1::Secret,
     jiff::{SignedDuration, Timestamp},
@@ -53,6 +53,7 @@ use crate::{
 mod cleanup;
 mod data_from;
 mod find;
+mod managed;
 mod objects;
 pub mod offline;
 pub mod plan;
@@ -94,9 +95,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
     hmac_key: Zeroizing<Vec<u8>>,
-    secrets: Store<PartialObjectMeta<Secret>>,
-    /// Whether `secrets` has listed every managed Secret. (`Store::wait_until_ready` wakes only its latest waiter, so
-    /// one task waits there and many reconciles wait here.)
+    secrets: managed::ManagedSecrets,
+    /// Whether `secrets` has listed every managed Secret.
     secrets_ready: tokio::sync::watch::Receiver<bool>,
     written: Mutex<HashMap<String, Written>>,
     /// The last status this process wrote per VaultSecret: the object a reconcile gets may not
@@ -149,7 +149,7 @@ impl Error {
 
 /// What the watches keep: the managed Secrets' metadata, the VaultSecrets, and the statuses written but not yet seen.
 pub struct Watched {
-    secrets: Store<PartialObjectMeta<Secret>>,
+    secrets: managed::ManagedSecrets,
     vaultsecrets: Store<VaultSecret>,
     statuses: Statuses,
 }
@@ -177,13 +177,7 @@ impl Context {
             vaultsecrets,
             statuses.clone(),
         );
-        let (ready, secrets_ready) = tokio::sync::watch::channel(false);
-        let listed = secrets.clone();
-        tokio::spawn(async move {
-            if listed.wait_until_ready().await.is_ok() {
-                let _ = ready.send(true);
-            }
-        });
+        let secrets_ready = secrets.ready();
         Self {
             secrets_ready,
             stores,
@@ -228,15 +222,14 @@ pub fn controller(
         };
     // Only the Secrets we manage, and only their metadata: no cache of every Secret's data.
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    let (secrets_reader, secrets_writer) = reflector::store();
-    let secret_events = reflector::reflector(
-        secrets_writer,
-        watcher(secrets_api, managed)
-            .filter(move |event| ready(shard.keeps(event)))
-            .modify(target::keep_what_target_needs),
-    )
-    .default_backoff()
-    .touched_objects();
+    let secrets_table = managed::ManagedSecrets::default();
+    let table = secrets_table.clone();
+    let mut relist = None;
+    let secret_events = watcher(secrets_api, managed)
+        .filter(move |event| ready(shard.keeps(event)))
+        .default_backoff()
+        .inspect_ok(move |event| table.apply(event, &mut relist))
+        .touched_objects();
 
     // Our own status writes must not trigger reconciles (a failing VaultSecret would retry at
     // once instead of after its backoff): only spec, force-sync and deletion changes do.
@@ -288,7 +281,7 @@ pub fn controller(
         metrics,
         hmac_key,
         stores,
-        Watched { secrets: secrets_reader, vaultsecrets: reader, statuses },
+        Watched { secrets: secrets_table, vaultsecrets: reader, statuses },
     ));
     let rollouts = ctx.rollouts.clone().run(args.watch_namespace.clone(), shard);
     let (sender, requests) = mpsc::unbounded_channel();

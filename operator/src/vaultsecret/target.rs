@@ -12,20 +12,21 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
+use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     Api, Resource as _, ResourceExt,
-    api::{DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions},
-    runtime::reflector::ObjectRef,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
 };
 use tracing::{info, warn};
 use vaultsync_api::secret::{CreationPolicy, DeletionPolicy};
 use vaultsync_backend::SecretBytes;
 
-use super::{FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Sync, Written, status::NotSynced, templating::SecretMeta};
+use super::{
+    FIELD_MANAGER, MANAGED_BY, OWNER_LABEL, Sync, Written,
+    managed::{Managed, update_entry},
+    status::NotSynced,
+    templating::SecretMeta,
+};
 use crate::render::{self, SecretData};
 
 /// On a Secret vaultsync created (rather than merged into): only such a Secret is ever deleted or replaced.
@@ -47,44 +48,6 @@ fn conflict(message: String) -> NotSynced {
     NotSynced::new("OwnershipConflict", message, Duration::from_secs(120))
 }
 
-/// Of a Secret's managed fields, only our create-time entry, without its field set: all the watch cache needs to know
-/// whether it is still there.
-fn create_entry_of(fields: Option<Vec<ManagedFieldsEntry>>) -> Option<Vec<ManagedFieldsEntry>> {
-    let index = update_entry(fields.as_ref())?;
-    let entry = fields?.swap_remove(index);
-    Some(vec![ManagedFieldsEntry { manager: entry.manager, operation: entry.operation, ..Default::default() }])
-}
-
-/// Memory: of a managed Secret's metadata the watch cache keeps only what [`Sync::target`] and
-/// [`Sync::secret_matches`] look at (name, namespace, resourceVersion, vaultsync's labels, the controller owner
-/// reference's UID, whether our create-time managed-fields entry is still there).
-pub(super) fn keep_what_target_needs(secret: &mut PartialObjectMeta<Secret>) {
-    secret.types = None;
-    let meta = &mut secret.metadata;
-    meta.managed_fields = create_entry_of(meta.managed_fields.take());
-    meta.annotations = None;
-    meta.uid = None;
-    meta.creation_timestamp = None;
-    meta.generation = None;
-    meta.generate_name = None;
-    meta.finalizers = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|key, _| [OWNER_LABEL, CREATED_LABEL, MANAGED_BY.0].contains(&key.as_str()));
-    }
-    if let Some(owners) = meta.owner_references.as_mut() {
-        owners.retain(|owner| owner.controller == Some(true));
-        for owner in owners {
-            *owner =
-                OwnerReference { uid: std::mem::take(&mut owner.uid), controller: Some(true), ..Default::default() };
-        }
-    }
-}
-
-/// The index of our create-time (`Update`) entry in a Secret's managed fields, if any.
-fn update_entry(fields: Option<&Vec<ManagedFieldsEntry>>) -> Option<usize> {
-    fields?.iter().position(|f| f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Update"))
-}
-
 impl Sync<'_> {
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.ctx.client.clone(), &self.namespace)
@@ -93,18 +56,18 @@ impl Sync<'_> {
     /// Decides, from the Secret's metadata (our watch cache holds the Secrets vaultsync manages; any other is looked
     /// up), whether this VaultSecret may write it and how. Refusals name the reason.
     pub(super) async fn target(&self) -> Result<Target, NotSynced> {
-        let meta = match self.ctx.secrets.get(&ObjectRef::new(&self.target).within(&self.namespace)) {
-            Some(meta) => Some(meta.metadata.clone()),
+        let found = match self.ctx.secrets.get(&self.namespace, &self.target) {
+            Some(managed) => Some(managed),
             None => self
                 .secrets()
                 .get_metadata_opt(&self.target)
                 .await
                 .map_err(|e| NotSynced::apiserver("SecretReadFailed", &format!("reading Secret {}", self.target), &e))?
-                .map(|m| m.metadata),
+                .map(|m| Managed::of(&m.metadata)),
         };
         let merge = self.vs.spec.target.creation_policy == CreationPolicy::Merge;
         let target = &self.target;
-        let Some(meta) = meta else {
+        let Some(found) = found else {
             return if merge {
                 Err(NotSynced::new(
                     "TargetNotFound",
@@ -115,18 +78,14 @@ impl Sync<'_> {
                 Ok(Target::Absent)
             };
         };
-        let labels = meta.labels.clone().unwrap_or_default();
         let uid = self.vs.uid().unwrap_or_default();
-        let created_by_us = labels.get(CREATED_LABEL).map(String::as_str) == Some("true")
-            || meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid);
-        match labels.get(OWNER_LABEL) {
-            Some(owner) if *owner != self.name => {
+        let created_by_us = found.created || found.controller.as_deref() == Some(uid.as_str());
+        match found.owner.as_deref() {
+            Some(owner) if owner != self.name => {
                 Err(conflict(format!("Secret {target} is managed by VaultSecret {owner}")))
             }
             _ if merge => Ok(Target::MergeInto),
-            Some(_) if created_by_us => {
-                Ok(Target::Created { converted: update_entry(meta.managed_fields.as_ref()).is_none() })
-            }
+            Some(_) if created_by_us => Ok(Target::Created { converted: !found.create_entry }),
             Some(_) => Err(conflict(format!(
                 "Secret {target} was not created by vaultsync (keys were merged into it); keep creationPolicy Merge for it"
             ))),
@@ -245,7 +204,7 @@ impl Sync<'_> {
             self.secrets().get_metadata(&self.target).await.map_err(|e| {
                 NotSynced::apiserver("SecretReadFailed", &format!("reading Secret {}", self.target), &e)
             })?;
-        let Some(index) = update_entry(current.metadata.managed_fields.as_ref()) else { return Ok(()) };
+        let Some(index) = update_entry(&current.metadata) else { return Ok(()) };
         let path = format!("/metadata/managedFields/{index}");
         let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
             { "op": "test", "path": format!("{path}/manager"), "value": FIELD_MANAGER },
@@ -366,8 +325,8 @@ impl Sync<'_> {
         keys: &BTreeSet<String>,
         written_version: Option<&str>,
     ) -> Result<bool, NotSynced> {
-        let cached = self.ctx.secrets.get(&ObjectRef::new(&self.target).within(&self.namespace));
-        let cached_version = cached.and_then(|m| m.resource_version());
+        let cached = self.ctx.secrets.get(&self.namespace, &self.target);
+        let cached_version = cached.map(|m| String::from(m.resource_version));
         if let Some(w) = self.ctx.written.lock().expect("written lock").get(&self.map_key())
             && w.secret == self.target
             && cached_version.as_ref() == Some(&w.resource_version)
