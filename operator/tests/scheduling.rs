@@ -47,6 +47,38 @@ async fn futures_list(env: &Env) -> Vec<Option<String>> {
     versions
 }
 
+/// As after a shard's takeover: the replica that created the Secret stopped before it recorded the status. The next
+/// one compares what stands there with what it would write, and writes only the status.
+#[tokio::test]
+async fn a_secret_written_before_its_status_was_recorded_is_not_written_again() {
+    let mut env = Env::start("sched-unrecorded").await;
+    env.vault.set_secret("db", "value-1");
+    let mut spec = one_key("password", "db");
+    spec["target"] = json!({ "labels": { "team": "a" }, "annotations": { "note": "kept" } });
+    env.apply_vault_secret("recorded-late", spec).await;
+    env.wait_reason("recorded-late", "Synced").await;
+    env.stop_operator().await;
+    let vaultsecrets = env.ns.api::<vaultsync_api::VaultSecret>();
+    let forget = kube::api::Patch::Merge(json!({ "status": null }));
+    vaultsecrets.patch_status("recorded-late", &Default::default(), &forget).await.expect("clearing the status");
+    let before = env.secret("recorded-late").await.expect("the Secret").metadata.resource_version;
+    let reads = env.vault.calls(Op::GetSecret);
+
+    env.start_operator();
+    env.wait_reason("recorded-late", "Synced").await;
+    let after = env.secret("recorded-late").await.expect("the Secret").metadata.resource_version;
+    assert_eq!(after, before, "the Secret already held this content: not written again");
+    assert_eq!(env.vault.calls(Op::GetSecret), reads + 1, "never synced by its record: read once");
+
+    // Content that differs is written as usual.
+    env.stop_operator().await;
+    vaultsecrets.patch_status("recorded-late", &Default::default(), &forget).await.expect("clearing the status");
+    env.vault.set_secret("db", "value-2");
+    env.start_operator();
+    env.wait_secret_value("recorded-late", "password", "value-2").await;
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn vault_secrets_sharing_an_object_share_one_read() {
     let env = Env::start("sched-shared").await;

@@ -146,8 +146,19 @@ impl Sync<'_> {
             && target != Target::Absent
             && self.secret_matches(&hmac, &keys, status.secret_resource_version.as_deref()).await?;
         let mut secret_resource_version = status.secret_resource_version.clone();
+        // Never synced by any replica's record, yet a Secret this VaultSecret created stands there: compare before
+        // writing it again.
+        let found = if !matches && read.reason == ReadReason::First && matches!(target, Target::Created { .. }) {
+            self.holds_desired(&fetched.data, &fetched.meta, &hmac).await?
+        } else {
+            None
+        };
         if matches {
             self.ctx.metrics.sync("unchanged");
+        } else if let Some(current) = found {
+            info!(secret = %self.target, "the Secret already holds this content; not written again");
+            self.ctx.metrics.sync("unchanged");
+            secret_resource_version = current.resource_version();
         } else {
             let written = self.write(target, &fetched.data, &fetched.meta, &hmac).await?;
             secret_resource_version = written.resource_version();

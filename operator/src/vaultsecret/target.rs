@@ -129,6 +129,43 @@ impl Sync<'_> {
         }
     }
 
+    /// Whether the Secret this VaultSecret created already holds exactly what would be written now: data, type,
+    /// immutability, controller owner, and each label and annotation vaultsync sets. So it is when another replica
+    /// wrote it and stopped before recording the status (a shard taken over), or a status write was lost: one read
+    /// instead of a second write of the same content. The Secret found is remembered as if written.
+    pub(super) async fn holds_desired(
+        &self,
+        data: &SecretData,
+        meta: &SecretMeta,
+        hmac: &str,
+    ) -> Result<Option<Secret>, NotSynced> {
+        let current =
+            self.secrets().get_opt(&self.target).await.map_err(|e| {
+                NotSynced::apiserver("SecretReadFailed", &format!("reading Secret {}", self.target), &e)
+            })?;
+        let Some(current) = current else { return Ok(None) };
+        let desired = self.desired(data, meta);
+        let holds = |have: &std::collections::BTreeMap<String, String>,
+                     want: &Option<std::collections::BTreeMap<String, String>>| {
+            want.iter().flatten().all(|(key, value)| have.get(key) == Some(value))
+        };
+        let controller = |secret: &Secret| {
+            let owners = secret.metadata.owner_references.iter().flatten();
+            owners.filter(|o| o.controller == Some(true)).map(|o| o.uid.clone()).collect::<Vec<_>>()
+        };
+        let same = current.data == desired.data
+            && current.type_ == desired.type_
+            && current.immutable.unwrap_or(false) == desired.immutable.unwrap_or(false)
+            && holds(current.labels(), &desired.metadata.labels)
+            && holds(current.annotations(), &desired.metadata.annotations)
+            && controller(&current) == controller(&desired);
+        if !same {
+            return Ok(None);
+        }
+        self.remember(&current, meta, hmac);
+        Ok(Some(current))
+    }
+
     /// Writes `data` to the target as `target` allows, remembers what was written, and returns the Secret as
     /// written.
     pub(super) async fn write(
