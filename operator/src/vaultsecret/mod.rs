@@ -102,6 +102,9 @@ pub struct Context {
     /// The last status this process wrote per VaultSecret: the object a reconcile gets may not
     /// show it yet, and acting on the older status would read the vault twice.
     statuses: Statuses,
+    /// The watched VaultSecrets: the freshest status the watch has brought, newer than that of the object a
+    /// reconcile was handed when it waited for its turn.
+    vaultsecrets: Store<VaultSecret>,
     rollouts: Arc<Rollouts>,
     /// VaultSecrets (by UID) a vault event asked to refresh now.
     requested: Mutex<std::collections::HashSet<String>>,
@@ -174,7 +177,7 @@ impl Context {
             metrics.clone(),
             Recorder::new(client.clone(), rollout_reporter),
             hmac_key.clone(),
-            vaultsecrets,
+            vaultsecrets.clone(),
             statuses.clone(),
         );
         let secrets_ready = secrets.ready();
@@ -190,6 +193,7 @@ impl Context {
             secrets,
             written: Mutex::default(),
             statuses,
+            vaultsecrets,
             rollouts: Arc::new(rollouts),
             requested: Mutex::default(),
             reconcile_timeout: args.reconcile_timeout,

@@ -163,11 +163,17 @@ impl Sync<'_> {
         Ok(())
     }
 
-    /// The latest status: the one this process last wrote, unless the object shows a later one (another writer, or
+    /// The latest status: the one this process last wrote, unless the watch shows a later one (another writer, or
     /// a newer generation acted on). The object a reconcile gets may not show our last write yet, and acting on the
-    /// older status would read the vault twice.
+    /// older status would read the vault twice. The watch cache is asked too: a reconcile handed its object before
+    /// it waited for its turn may start after the watch brought our write (and our copy was dropped).
     pub(super) fn latest_status(&self) -> VaultSecretStatus {
-        let seen = self.vs.status.clone().unwrap_or_default();
+        let cached = self.ctx.vaultsecrets.get(&kube::runtime::reflector::ObjectRef::from_obj(self.vs));
+        let cached = cached.filter(|current| current.metadata.uid == self.vs.metadata.uid);
+        let seen = match cached.as_ref().and_then(|current| current.status.as_ref()) {
+            Some(status) => status.clone(),
+            None => self.vs.status.clone().unwrap_or_default(),
+        };
         match self.ctx.statuses.lock().expect("statuses lock").get(&self.map_key()) {
             Some(ours)
                 if timestamp(ours.synced_at.as_deref()) >= timestamp(seen.synced_at.as_deref())
