@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod secret;
 pub mod store;
+pub mod versions;
 
 pub use k8s_openapi;
 pub use kube;

@@ -182,7 +182,7 @@ impl Rollouts {
     /// its debounce window.
     pub fn vault_secret_synced(&self, vs: &VaultSecret, secret_name: &str) {
         let namespace = vs.namespace().unwrap_or_default();
-        let debounce = debounce_of(vs.spec.rollout.as_ref());
+        let debounce = debounce_of(vs.spec.rollout.as_deref());
         let mut workloads: BTreeSet<Workload> = vs
             .spec
             .rollout

@@ -75,7 +75,7 @@ impl Sync<'_> {
         let mut deferred = Vec::new();
         for (item, secret) in items.iter().zip(fetched) {
             check_usable(&vault_object(&item.remote_ref), &secret)?;
-            let password = self.password(item.remote_ref.password_secret_ref.as_ref()).await?;
+            let password = self.password(item.remote_ref.password_secret_ref.as_deref()).await?;
             if item.remote_ref.pfx_password.as_ref().is_some_and(|p| p.template.is_some()) {
                 deferred.push((item, secret, password));
                 continue;

@@ -191,7 +191,7 @@ pub fn render(vs: &VaultSecret, values: &Values) -> Result<Rendered, Failed> {
         let remote = &item.remote_ref;
         let fetched = values.fetched(&remote.name, remote.version.as_deref())?;
         objects::check_usable(&objects::vault_object(remote), &fetched)?;
-        let password = values.password(remote.password_secret_ref.as_ref())?;
+        let password = values.password(remote.password_secret_ref.as_deref())?;
         if split_tls && item.secret_key == "tls.crt" && objects::is_certificate(item, &fetched) {
             let (chain, key, _) =
                 objects::split_bundle(remote, &fetched, password.as_deref()).map_err(NotSynced::from)?;

@@ -181,7 +181,7 @@ impl Sync<'_> {
             observed_generation: self.vs.metadata.generation,
             synced_at: status.synced_at.clone(),
             refresh_time: None,
-            versions: fetched.versions,
+            versions: fetched.versions.into(),
             data_hmac: Some(hmac),
             content_changed_at: if content_changed { Some(now.to_string()) } else { status.content_changed_at.clone() },
             force_sync: force,
