@@ -66,7 +66,7 @@ pub struct Workload {
 }
 
 /// The latest status written per VaultSecret (by UID), shared with the VaultSecret controller.
-pub type Statuses = Arc<Mutex<HashMap<String, VaultSecretStatus>>>;
+pub type Statuses = Arc<Mutex<HashMap<crate::vaultsecret::Uid, VaultSecretStatus>>>;
 
 pub struct Rollouts {
     client: Client,

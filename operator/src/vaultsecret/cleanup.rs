@@ -19,7 +19,7 @@ impl Sync<'_> {
     pub(super) async fn cleanup(&self) -> Result<Action, Error> {
         self.ctx.written.lock().expect("written lock").remove(&self.map_key());
         self.ctx.statuses.lock().expect("statuses lock").remove(&self.map_key());
-        self.ctx.find_memory.forget(&self.map_key());
+        self.ctx.find_memory.forget(self.map_key());
         let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let failed = |source| Error::Kube { object: format!("{}/{}", self.namespace, self.target), source };
         let Some(secret) = api.get_opt(&self.target).await.map_err(failed)? else {

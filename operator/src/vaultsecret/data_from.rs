@@ -22,7 +22,7 @@ pub(super) async fn data_from(
     ctx: &Context,
     store: &vaultsync_stores::ResolvedStore,
     source: &vaultsync_api::secret::DataFrom,
-    (owner, index): (String, usize),
+    (owner, index): (super::Uid, usize),
     max_age: Option<Duration>,
 ) -> Result<Entries, NotSynced> {
     let mut entries = entries(ctx, store, source, (owner, index), max_age).await?;
@@ -34,7 +34,7 @@ async fn entries(
     ctx: &Context,
     store: &vaultsync_stores::ResolvedStore,
     source: &vaultsync_api::secret::DataFrom,
-    (owner, index): (String, usize),
+    (owner, index): (super::Uid, usize),
     max_age: Option<Duration>,
 ) -> Result<Entries, NotSynced> {
     if let Some(extract) = &source.extract {

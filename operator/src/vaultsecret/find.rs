@@ -30,7 +30,7 @@ struct Remembered {
 }
 
 /// A VaultSecret (its UID) and the index of its `dataFrom` entry.
-type EntryKey = (String, usize);
+type EntryKey = (super::Uid, usize);
 
 /// Per VaultSecret and `dataFrom` entry, what its find read last.
 #[derive(Default)]
@@ -40,8 +40,8 @@ pub struct FindMemory {
 
 impl FindMemory {
     /// Forgets a VaultSecret (deleted), by its UID.
-    pub fn forget(&self, uid: &str) {
-        self.entries.lock().expect("find memory lock").retain(|(owner, _), _| owner != uid);
+    pub fn forget(&self, uid: super::Uid) {
+        self.entries.lock().expect("find memory lock").retain(|(owner, _), _| *owner != uid);
     }
 
     fn get(&self, key: &EntryKey) -> BTreeMap<String, Remembered> {
@@ -63,7 +63,7 @@ pub(super) async fn find(
     ctx: &Context,
     store: &vaultsync_stores::ResolvedStore,
     find: &FindRef,
-    owner: String,
+    owner: super::Uid,
     index: usize,
     max_age: Option<Duration>,
 ) -> Result<Entries, NotSynced> {

@@ -98,7 +98,7 @@ pub struct Context {
     secrets: managed::ManagedSecrets,
     /// Whether `secrets` has listed every managed Secret.
     secrets_ready: tokio::sync::watch::Receiver<bool>,
-    written: Mutex<HashMap<String, Written>>,
+    written: Mutex<HashMap<Uid, Written>>,
     /// The last status this process wrote per VaultSecret: the object a reconcile gets may not
     /// show it yet, and acting on the older status would read the vault twice.
     statuses: Statuses,
@@ -107,7 +107,7 @@ pub struct Context {
     vaultsecrets: Store<VaultSecret>,
     rollouts: Arc<Rollouts>,
     /// VaultSecrets (by UID) a vault event asked to refresh now.
-    requested: Mutex<std::collections::HashSet<String>>,
+    requested: Mutex<std::collections::HashSet<Uid>>,
     /// The longest a reconcile may take before it is abandoned and retried.
     reconcile_timeout: Duration,
     /// What each `dataFrom.find` read last, so an unchanged object is not read again.
@@ -116,7 +116,7 @@ pub struct Context {
     expiry_warning: Duration,
     /// When this process last read the vault for each VaultSecret: the schedule, kept out of the status so that
     /// unchanged content costs no write.
-    schedule: Mutex<HashMap<String, Timestamp>>,
+    schedule: Mutex<HashMap<Uid, Timestamp>>,
     /// Next routine refreshes, passed to the controller only while there is room, so new work never queues behind
     /// a whole round.
     routine: routine::Routine,
@@ -355,7 +355,7 @@ async fn report_backlog(
         }
         // Forget what was kept for VaultSecrets that are gone (most go without a finalizer, so without a cleanup).
         if ctx.rollouts.vaultsecrets_listed.load(std::sync::atomic::Ordering::Relaxed) {
-            let uids: std::collections::HashSet<String> = live.iter().map(|vs| uid(vs)).collect();
+            let uids: std::collections::HashSet<Uid> = live.iter().map(|vs| uid(vs)).collect();
             ctx.written.lock().expect("written lock").retain(|k, _| uids.contains(k));
             ctx.statuses.lock().expect("statuses lock").retain(|k, _| uids.contains(k));
             ctx.schedule.lock().expect("schedule lock").retain(|k, _| uids.contains(k));
@@ -443,7 +443,7 @@ fn referencing(
 #[instrument(skip(vs, ctx), fields(vaultsecret = %format!("{}/{}", vs.namespace().unwrap_or_default(), vs.name_any())))]
 async fn reconcile(vs: Arc<VaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
-    ctx.routine.started(&uid(&vs));
+    ctx.routine.started(uid(&vs));
     ctx.rollouts.vaultsecrets_listed.store(true, std::sync::atomic::Ordering::Relaxed);
     let namespace = vs.namespace().unwrap_or_default();
     let object = format!("{namespace}/{}", vs.name_any());
@@ -507,8 +507,36 @@ fn secret_name(vs: &VaultSecret) -> String {
 }
 
 /// A VaultSecret's UID: the key of the per-object maps.
-pub(crate) fn uid(vs: &VaultSecret) -> String {
-    vs.metadata.uid.clone().unwrap_or_default()
+pub(crate) fn uid(vs: &VaultSecret) -> Uid {
+    Uid::parse(vs.metadata.uid.as_deref().unwrap_or_default())
+}
+
+/// A UID as the key of the per-object maps: 16 bytes in place of a 36-character string in each of them, for every
+/// VaultSecret. The apiserver issues RFC 4122 UUIDs; any other text is hashed (never seen in practice).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Uid(u128);
+
+impl Uid {
+    pub fn parse(text: &str) -> Uid {
+        let mut value: u128 = 0;
+        let mut digits = 0;
+        for byte in text.bytes().filter(|b| *b != b'-') {
+            let Some(digit) = char::from(byte).to_digit(16) else { return Uid::hashed(text) };
+            value = (value << 4) | u128::from(digit);
+            digits += 1;
+        }
+        if digits == 32 { Uid(value) } else { Uid::hashed(text) }
+    }
+
+    fn hashed(text: &str) -> Uid {
+        use std::hash::{Hash, Hasher};
+        let half = |salt: u8| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (salt, text).hash(&mut hasher);
+            u128::from(hasher.finish())
+        };
+        Uid((half(0) << 64) | half(1))
+    }
 }
 
 fn timestamp(text: Option<&str>) -> Option<Timestamp> {
@@ -538,7 +566,24 @@ impl<'a> Sync<'a> {
 
     /// The key of this VaultSecret in the per-object maps of the context: its UID, so that a VaultSecret deleted and
     /// created again under the same name starts afresh.
-    fn map_key(&self) -> String {
+    fn map_key(&self) -> Uid {
         uid(self.vs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uid;
+
+    #[test]
+    fn a_uuid_is_its_128_bits_and_other_text_is_hashed_apart() {
+        let uuid = Uid::parse("0b6f9c2e-1d2a-4c3b-9e8f-00112233aabb");
+        assert_eq!(uuid, Uid(0x0b6f_9c2e_1d2a_4c3b_9e8f_0011_2233_aabb));
+        assert_eq!(uuid, Uid::parse("0B6F9C2E-1D2A-4C3B-9E8F-00112233AABB"));
+        let (a, b) = (Uid::parse("uid-a"), Uid::parse("uid-b"));
+        assert_ne!(a, b);
+        assert_eq!(a, Uid::parse("uid-a"));
+        assert_ne!(Uid::parse(""), Uid::parse("0"), "short text is hashed, not read as a number");
+        assert_ne!(Uid::parse("0b6f9c2e-1d2a-4c3b-9e8f-00112233aabbcc"), uuid, "too many digits");
     }
 }

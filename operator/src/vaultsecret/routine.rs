@@ -21,17 +21,19 @@ use tokio::{
 };
 use vaultsync_api::VaultSecret;
 
+use super::Uid;
+
 /// A released request not started within this long is forgotten (its VaultSecret went away before it ran).
 const RELEASED_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Queue {
     /// Due times, earliest first; an entry whose time no longer matches `due` is stale and skipped.
-    heap: BinaryHeap<Reverse<(Instant, String)>>,
+    heap: BinaryHeap<Reverse<(Instant, Uid)>>,
     /// Per UID: when it is due, and which VaultSecret.
-    due: HashMap<String, (Instant, ObjectRef<VaultSecret>)>,
+    due: HashMap<Uid, (Instant, ObjectRef<VaultSecret>)>,
     /// Passed to the controller and not started yet (UID, when passed).
-    released: HashMap<String, Instant>,
+    released: HashMap<Uid, Instant>,
 }
 
 #[derive(Default)]
@@ -42,10 +44,10 @@ pub struct Routine {
 
 impl Routine {
     /// Refreshes the VaultSecret (by `uid`) after `after`.
-    pub fn schedule(&self, uid: String, object: ObjectRef<VaultSecret>, after: Duration) {
+    pub fn schedule(&self, uid: Uid, object: ObjectRef<VaultSecret>, after: Duration) {
         let at = Instant::now() + after;
         let mut queue = self.queue.lock().expect("routine lock");
-        queue.heap.push(Reverse((at, uid.clone())));
+        queue.heap.push(Reverse((at, uid)));
         queue.due.insert(uid, (at, object));
         drop(queue);
         self.changed.notify_one();
@@ -53,10 +55,10 @@ impl Routine {
 
     /// A reconcile of the VaultSecret started: whatever was due for it is its business now (it schedules again when
     /// it ends with a next refresh), and a released request no longer waits.
-    pub fn started(&self, uid: &str) {
+    pub fn started(&self, uid: Uid) {
         let mut queue = self.queue.lock().expect("routine lock");
-        queue.due.remove(uid);
-        let was_released = queue.released.remove(uid).is_some();
+        queue.due.remove(&uid);
+        let was_released = queue.released.remove(&uid).is_some();
         drop(queue);
         if was_released {
             self.changed.notify_one();
@@ -77,7 +79,7 @@ impl Routine {
                 let mut queue = self.queue.lock().expect("routine lock");
                 let now = Instant::now();
                 queue.released.retain(|_, at| now.duration_since(*at) < RELEASED_FOR);
-                self.release_due(&mut queue, &store, limit, now, &send)
+                queue.release_due(&store, limit, now, &send)
             };
             if send.is_closed() {
                 return;
@@ -93,33 +95,34 @@ impl Routine {
             }
         }
     }
+}
 
+impl Queue {
     /// Releases what is due while there is room; returns when to look again (`None`: when something changes).
     fn release_due(
-        &self,
-        queue: &mut Queue,
+        &mut self,
         store: &Store<VaultSecret>,
         limit: usize,
         now: Instant,
         send: &UnboundedSender<ObjectRef<VaultSecret>>,
     ) -> Option<Instant> {
-        while let Some(Reverse((at, uid))) = queue.heap.peek().cloned() {
-            if queue.due.get(&uid).is_none_or(|(due, _)| *due != at) {
-                queue.heap.pop();
+        while let Some(Reverse((at, uid))) = self.heap.peek().cloned() {
+            if self.due.get(&uid).is_none_or(|(due, _)| *due != at) {
+                self.heap.pop();
                 continue;
             }
             if at > now {
                 return Some(at);
             }
-            if queue.released.len() >= limit {
+            if self.released.len() >= limit {
                 // Room comes with the next start; look again soon in any case (a start may have been missed).
                 return Some(now + Duration::from_secs(1));
             }
-            queue.heap.pop();
-            let Some((_, object)) = queue.due.remove(&uid) else { continue };
-            let live = store.get(&object).is_some_and(|vs| vs.metadata.uid.as_deref() == Some(uid.as_str()));
+            self.heap.pop();
+            let Some((_, object)) = self.due.remove(&uid) else { continue };
+            let live = store.get(&object).is_some_and(|vs| super::uid(&vs) == uid);
             if live && send.send(object).is_ok() {
-                queue.released.insert(uid, now);
+                self.released.insert(uid, now);
             }
         }
         None
@@ -150,7 +153,7 @@ mod tests {
     ) -> Vec<String> {
         let mut names = Vec::new();
         while let Ok(object) = received.try_recv() {
-            routine.started(&format!("uid-{}", object.name));
+            routine.started(Uid::parse(&format!("uid-{}", object.name)));
             names.push(object.name);
         }
         names
@@ -168,8 +171,11 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Delete(objects[999].clone()));
         let routine = Arc::new(Routine::default());
         for (i, vs) in (0u64..).zip(&objects) {
-            let uid = vs.metadata.uid.clone().expect("a UID");
-            routine.schedule(uid, ObjectRef::from_obj(vs), Duration::from_secs(10) + Duration::from_millis(i));
+            routine.schedule(
+                super::super::uid(vs),
+                ObjectRef::from_obj(vs),
+                Duration::from_secs(10) + Duration::from_millis(i),
+            );
         }
         let (send, mut received) = tokio::sync::mpsc::unbounded_channel();
         let runner = tokio::spawn({

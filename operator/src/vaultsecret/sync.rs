@@ -219,7 +219,8 @@ impl Sync<'_> {
     /// Leaves the next routine refresh (if any) with the routine queue, not the controller's: see `routine.rs`.
     fn refresh_after(&self, next: Option<Duration>) -> Action {
         if let Some(after) = next {
-            let object = kube::runtime::reflector::ObjectRef::from_obj(self.vs);
+            // Name and namespace only: the reference waits in the routine queue for every VaultSecret.
+            let object = kube::runtime::reflector::ObjectRef::new(&self.name).within(&self.namespace);
             self.ctx.routine.schedule(self.map_key(), object, after);
         }
         Action::await_change()
