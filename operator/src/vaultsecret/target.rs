@@ -365,10 +365,10 @@ impl Sync<'_> {
         let cached = self.ctx.secrets.get(&self.namespace, &self.target);
         let cached_version = cached.map(|m| String::from(m.resource_version));
         if let Some(w) = self.ctx.written.lock().expect("written lock").get(&self.map_key())
-            && w.secret == self.target
-            && cached_version.as_ref() == Some(&w.resource_version)
+            && *w.secret == *self.target
+            && cached_version.as_deref() == Some(&*w.resource_version)
         {
-            return Ok(w.hmac == expected);
+            return Ok(*w.hmac == *expected);
         }
         // After a restart: untouched since the write the status records, so it holds what the status describes.
         if written_version.is_some() && cached_version.as_deref() == written_version {
@@ -401,9 +401,9 @@ impl Sync<'_> {
         self.ctx.written.lock().expect("written lock").insert(
             self.map_key(),
             Written {
-                secret: self.target.clone(),
-                resource_version: secret.resource_version().unwrap_or_default(),
-                meta: meta.clone(),
+                secret: self.target.as_str().into(),
+                resource_version: secret.resource_version().unwrap_or_default().into(),
+                meta: (*meta != SecretMeta::default()).then(|| Box::new(meta.clone())),
                 hmac: hmac.into(),
             },
         );
@@ -414,7 +414,7 @@ impl Sync<'_> {
     /// and annotations.
     fn remembered_meta(&self, secret: &Secret) -> SecretMeta {
         if let Some(written) = self.ctx.written.lock().expect("written lock").get(&self.map_key()) {
-            return written.meta.clone();
+            return written.meta.as_deref().cloned().unwrap_or_default();
         }
         let Some(template) = &self.vs.spec.target.template else { return SecretMeta::default() };
         let pick = |names: &std::collections::BTreeMap<String, String>,
