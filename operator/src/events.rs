@@ -29,9 +29,11 @@ const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
 /// Series older than the window are forgotten at most this often (a scan of the whole map).
 const PRUNE_EVERY: SignedDuration = SignedDuration::from_secs(30);
 
+/// A published Event, as much as continuing its series needs. Its name and namespace are not kept: they follow from
+/// the object the Event is about (part of the key) and `created`, the nanosecond in its name (memory: one of these
+/// per VaultSecret for six minutes after each sync).
 struct Series {
-    name: String,
-    namespace: String,
+    created: i128,
     count: i32,
     last: Timestamp,
 }
@@ -63,19 +65,21 @@ impl Recorder {
             memory.series.get_mut(&key).map(|series| {
                 series.count += 1;
                 series.last = now;
-                (series.name.clone(), series.namespace.clone(), series.count)
+                (series.created, series.count)
             })
         };
-        if let Some((name, namespace, count)) = repeat {
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let name_at =
+            |nanos: i128| format!("{}.{nanos:x}", regarding.name.as_deref().unwrap_or(&self.reporter.controller));
+        if let Some((created, count)) = repeat {
+            let name = name_at(created);
             let patch = serde_json::json!({ "series": { "count": count, "lastObservedTime": MicroTime(now) } });
             Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
             return Ok(());
         }
-        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
-        let name =
-            format!("{}.{:x}", regarding.name.as_deref().unwrap_or(&self.reporter.controller), now.as_nanosecond());
+        let name = name_at(now.as_nanosecond());
         let created = K8sEvent {
             metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(namespace.clone()), ..Default::default() },
             action: Some(event.action.clone()),
@@ -95,7 +99,7 @@ impl Recorder {
             ..Default::default()
         };
         Api::<K8sEvent>::namespaced(self.client.clone(), &namespace).create(&PostParams::default(), &created).await?;
-        let series = Series { name, namespace, count: 1, last: now };
+        let series = Series { created: now.as_nanosecond(), count: 1, last: now };
         self.memory.lock().expect("events lock").series.insert(key, series);
         Ok(())
     }
@@ -186,12 +190,7 @@ mod tests {
         {
             let mut memory = recorder.memory.lock().expect("events lock");
             for (i, age) in [0i64, 5, 7, 30].into_iter().enumerate() {
-                let series = Series {
-                    name: format!("e{i}"),
-                    namespace: "ns".into(),
-                    count: 1,
-                    last: now - SignedDuration::from_mins(age),
-                };
+                let series = Series { created: i as i128, count: 1, last: now - SignedDuration::from_mins(age) };
                 memory.series.insert(i as u64, series);
             }
             memory.prune(now);
