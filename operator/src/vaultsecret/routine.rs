@@ -31,9 +31,27 @@ struct Queue {
     /// Due times, earliest first; an entry whose time no longer matches `due` is stale and skipped.
     heap: BinaryHeap<Reverse<(Instant, Uid)>>,
     /// Per UID: when it is due, and which VaultSecret.
-    due: HashMap<Uid, (Instant, ObjectRef<VaultSecret>)>,
+    due: HashMap<Uid, (Instant, Name)>,
     /// Passed to the controller and not started yet (UID, when passed).
     released: HashMap<Uid, Instant>,
+}
+
+/// A VaultSecret's namespace and name as `namespace/name` in one allocation: the queue holds one per VaultSecret, and
+/// an `ObjectRef` (four optional strings, 96 bytes inline, two allocations) took about 1.5 MiB more at 10,000.
+struct Name(Box<str>);
+
+impl Name {
+    fn of(object: &ObjectRef<VaultSecret>) -> Self {
+        Self(format!("{}/{}", object.namespace.as_deref().unwrap_or_default(), object.name).into())
+    }
+
+    /// The reference again (a namespace has no `/`, so the first one ends it).
+    fn object(&self) -> ObjectRef<VaultSecret> {
+        match self.0.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() => ObjectRef::new(name).within(namespace),
+            _ => ObjectRef::new(self.0.trim_start_matches('/')),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -48,7 +66,7 @@ impl Routine {
         let at = Instant::now() + after;
         let mut queue = self.queue.lock().expect("routine lock");
         queue.heap.push(Reverse((at, uid)));
-        queue.due.insert(uid, (at, object));
+        queue.due.insert(uid, (at, Name::of(&object)));
         drop(queue);
         self.changed.notify_one();
     }
@@ -119,7 +137,8 @@ impl Queue {
                 return Some(now + Duration::from_secs(1));
             }
             self.heap.pop();
-            let Some((_, object)) = self.due.remove(&uid) else { continue };
+            let Some((_, name)) = self.due.remove(&uid) else { continue };
+            let object = name.object();
             let live = store.get(&object).is_some_and(|vs| super::uid(&vs) == uid);
             if live && send.send(object).is_ok() {
                 self.released.insert(uid, now);
