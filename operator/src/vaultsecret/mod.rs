@@ -79,13 +79,28 @@ pub const FORCE_SYNC: &str = "vaultsync.dev/force-sync";
 /// What this process last wrote for one VaultSecret: tells a Secret untouched since (by its resourceVersion) without
 /// reading it, so nothing is written when nothing changed. Only the digest of the data: the values themselves are in
 /// the read cache already, and a second copy here cost as much memory as the values (a drifted Secret is healed
-/// from the cache). Boxed strings and an absent `meta` when templates made nothing: one of these per VaultSecret.
+/// from the cache). One of these per VaultSecret, so as few allocations as will do: a boxed resourceVersion, the
+/// target's name only when it is not the VaultSecret's, `meta` only when templates made something.
 struct Written {
-    secret: Box<str>,
+    /// The Secret written, when it is not named after the VaultSecret.
+    secret: Option<Box<str>>,
     resource_version: Box<str>,
     /// What templates made besides data (type, labels, annotations), if anything.
     meta: Option<Box<templating::SecretMeta>>,
-    hmac: Box<str>,
+    /// SHA-256 of the `dataHmac` written (32 bytes in place of an 85-character string).
+    hmac: [u8; 32],
+}
+
+impl Written {
+    fn hmac_digest(hmac: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(hmac.as_bytes()).into()
+    }
+
+    /// Whether this records a write of the Secret `target` of the VaultSecret `name`.
+    fn is_of(&self, name: &str, target: &str) -> bool {
+        self.secret.as_deref().unwrap_or(name) == target
+    }
 }
 
 pub struct Context {

@@ -365,10 +365,10 @@ impl Sync<'_> {
         let cached = self.ctx.secrets.get(&self.namespace, &self.target);
         let cached_version = cached.map(|m| String::from(m.resource_version));
         if let Some(w) = self.ctx.written.lock().expect("written lock").get(&self.map_key())
-            && *w.secret == *self.target
+            && w.is_of(&self.name, &self.target)
             && cached_version.as_deref() == Some(&*w.resource_version)
         {
-            return Ok(*w.hmac == *expected);
+            return Ok(w.hmac == Written::hmac_digest(expected));
         }
         // After a restart: untouched since the write the status records, so it holds what the status describes.
         if written_version.is_some() && cached_version.as_deref() == written_version {
@@ -401,10 +401,10 @@ impl Sync<'_> {
         self.ctx.written.lock().expect("written lock").insert(
             self.map_key(),
             Written {
-                secret: self.target.as_str().into(),
+                secret: (self.target != self.name).then(|| self.target.as_str().into()),
                 resource_version: secret.resource_version().unwrap_or_default().into(),
                 meta: (*meta != SecretMeta::default()).then(|| Box::new(meta.clone())),
-                hmac: hmac.into(),
+                hmac: Written::hmac_digest(hmac),
             },
         );
     }
