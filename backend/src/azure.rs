@@ -279,9 +279,15 @@ impl AzureKeyVault {
         Ok(FetchedSecret { value: SecretBytes::new(value), version, content_type, attributes })
     }
 
-    /// The secrets whose names start with `prefix` (any case), page by page; `None` once more than `max_pages`
-    /// pages would be needed. Also the number of pages read.
-    async fn list_pages(&self, prefix: &str, max_pages: usize) -> Result<Option<(Vec<Listed>, usize)>> {
+    /// Hands `each` the secrets whose names start with `prefix` (any case), page by page, and returns the number of
+    /// pages read; `None` once more than `max_pages` pages would be needed. Item by item rather than as one vector:
+    /// a list of every secret in a large vault is held only in the form its caller keeps.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        max_pages: usize,
+        mut each: impl FnMut(Listed) + Send,
+    ) -> Result<Option<usize>> {
         #[derive(Deserialize)]
         struct Page {
             #[serde(default)]
@@ -305,7 +311,6 @@ impl AzureKeyVault {
             updated: Option<i64>,
         }
         let lower = prefix.to_ascii_lowercase();
-        let mut listed = Vec::new();
         let mut url = format!("{}/secrets", self.endpoint.vault_url);
         let mut query: &[(&str, &str)] = &[("maxresults", "25")];
         let mut pages = 0;
@@ -326,7 +331,7 @@ impl AzureKeyVault {
                 else {
                     continue;
                 };
-                listed.push(Listed {
+                each(Listed {
                     name: name.to_string(),
                     enabled: item.attributes.enabled.unwrap_or(true),
                     not_before: item.attributes.nbf,
@@ -361,7 +366,7 @@ impl AzureKeyVault {
                 }
             }
         }
-        Ok(Some((listed, pages)))
+        Ok(Some(pages))
     }
 
     /// One request with the budget, the token the vault's challenge calls for, and retries; a 200 is returned.
@@ -410,7 +415,8 @@ impl Backend for AzureKeyVault {
     /// Pages through the secrets list (25 a page), following `nextLink` only to this vault's own origin.
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
         Box::pin(async move {
-            let (mut listed, _) = self.list_pages(prefix, usize::MAX).await?.unwrap_or_default();
+            let mut listed = Vec::new();
+            self.list_pages(prefix, usize::MAX, |item| listed.push(item)).await?;
             listed.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(listed)
         })
@@ -418,8 +424,12 @@ impl Backend for AzureKeyVault {
 
     fn list_updated(&self, max_pages: usize) -> Option<BoxFuture<'_, Result<Option<ListedUpdates>>>> {
         Some(Box::pin(async move {
-            let Some((listed, pages)) = self.list_pages("", max_pages).await? else { return Ok(None) };
-            let updated = listed.into_iter().map(|l| (l.name.to_ascii_lowercase(), l.updated)).collect();
+            let mut updated = std::collections::HashMap::new();
+            let pages = self.list_pages("", max_pages, |mut item| {
+                item.name.make_ascii_lowercase();
+                updated.insert(item.name.into_boxed_str(), item.updated);
+            });
+            let Some(pages) = pages.await? else { return Ok(None) };
             Ok(Some(ListedUpdates { updated, pages }))
         }))
     }

@@ -235,7 +235,7 @@ mod tests {
         }
         fn list_updated(&self, _: usize) -> Option<BoxFuture<'_, Result<Option<ListedUpdates>>>> {
             self.lists.fetch_add(1, Ordering::Relaxed);
-            let updated = (0..self.objects).map(|i| (format!("s{i}"), Some(100))).collect();
+            let updated = (0..self.objects).map(|i| (format!("s{i}").into(), Some(100))).collect();
             Some(Box::pin(async move { Ok(Some(ListedUpdates { updated, pages: self.objects.div_ceil(25) })) }))
         }
     }

@@ -211,8 +211,9 @@ pub struct Checked {
 /// Every secret's last change, from one complete list.
 #[derive(Clone, Debug, Default)]
 pub struct ListedUpdates {
-    /// Lowercase name (Key Vault names are case-insensitive) -> `attributes.updated`.
-    pub updated: std::collections::HashMap<String, Option<i64>>,
+    /// Lowercase name (Key Vault names are case-insensitive) -> `attributes.updated`. Boxed names: one entry per
+    /// secret in the vault, held while the next list is taken.
+    pub updated: std::collections::HashMap<Box<str>, Option<i64>>,
     /// The calls the list took.
     pub pages: usize,
 }

@@ -150,7 +150,7 @@ impl ListIndex {
                 }
             }
         };
-        let listed = snapshot.updates.updated.get(&name.to_ascii_lowercase())?;
+        let listed = snapshot.updates.updated.get(name.to_ascii_lowercase().as_str())?;
         (*listed == Some(updated)).then_some(snapshot.at)
     }
 }
@@ -203,7 +203,7 @@ mod tests {
             Some(Box::pin(async move {
                 self.lists.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(self.list_takes).await;
-                let updated = self.names.iter().map(|n| (n.clone(), Some(100))).collect();
+                let updated = self.names.iter().map(|n| (n.as_str().into(), Some(100))).collect();
                 Ok(Some(ListedUpdates { updated, pages: self.names.len().div_ceil(25) }))
             }))
         }
