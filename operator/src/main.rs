@@ -5,8 +5,8 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// jemalloc returns pages freed for a while to the system; glibc's allocator kept them, so the operator's resident
 /// size grew with each refresh round of 10,000 VaultSecrets (61.7 to 65.4 MiB over two rounds; 60.8 to 63.5 MiB with
-/// jemalloc). The images are static musl binaries, whose own allocator is slow with many threads: with this one the
-/// image and a glibc build behave alike.
+/// jemalloc). The images are static musl binaries: with this allocator they allocate as the benchmarked glibc build
+/// does.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
